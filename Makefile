@@ -1,0 +1,46 @@
+# finetune-operator: `make demo` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CRD := crds/finetune.io_finetunejobs.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit verify generate bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# torch goes in first and pinned: on CPU machines any other version pulls gigabytes of CUDA.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[trainer,dev]'
+	touch $@
+
+setup: $(STAMP) ## create .venv with the trainer and dev extras
+
+demo: setup ## validate and render the quickstart job
+	$(VENV)/bin/finetune validate examples/quickstart.yaml
+
+test: setup ## run every test (unit, integration, e2e)
+	$(PY) -m pytest tests
+
+test-unit: setup ## run the fast unit tests only
+	$(PY) -m pytest tests/unit
+
+generate: setup ## regenerate the CRD from the API models
+	$(PY) -m finetune_operator.crd $(CRD)
+
+verify: setup ## fail on a stale CRD, lint or type errors
+	$(PY) -m finetune_operator.crd --check $(CRD)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: setup ## run the benchmarks in bench/
+	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b || exit 1; done || echo "no benchmarks yet"
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

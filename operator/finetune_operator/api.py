@@ -1,0 +1,651 @@
+"""The FineTuneJob API (finetune.io/v1alpha1): the single source of truth.
+
+The CRD in crds/ is generated from these models (see crd.py), `finetune validate`
+and the operator validate against them, and the trainer reads its spec through
+them. Keep this module free of torch, ray and Kubernetes clients.
+
+Cross-field rules are written once, in CEL, on the model they belong to
+(`x-kubernetes-validations`): the API server enforces them at admission and
+`finetune validate` / the operator evaluate the same expressions with cel-python.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "finetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+
+# A RayJob's name must be a DNS-1035 label of at most 47 characters (KubeRay appends
+# suffixes for the RayCluster and its services); our RayJob carries the job's name.
+MAX_NAME_LENGTH = 47
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Where models, datasets and outputs can live. A bare path is a local path (absolute in a
+# cluster; `finetune run` also resolves relative ones against the job file).
+SOURCE_PATTERN = r"^(hf://[^/\s]+(/[^\s]+)?|s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/\S*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file://\S+|[^:\s]+)$"
+DESTINATION_PATTERN = r"^(s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/\S*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file://\S+|[^:\s]+)$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+DNS_1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+# Spec sections that may change while a job runs; everything else is frozen until the job
+# is suspended or finished, because the running trainer cannot pick such a change up.
+MUTABLE_WHILE_RUNNING = ("runPolicy",)
+ACTIVE_PHASES = ("Initializing", "Running")
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry; `field_path` names the field the error is about."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def is_set(path: str) -> str:
+    """CEL for "the field is present and not null": null-safe in the API server and cel-python."""
+    return f"(has({path}) && type({path}) != null_type)"
+
+
+def validations(*rules: dict[str, str]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+        serialize_by_alias=True,
+        use_attribute_docstrings=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest: camelCase, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------- spec
+
+
+class SecretRef(ApiModel):
+    name: str = Field(
+        description="Name of a Secret in the job's namespace. Its keys become environment "
+        "variables of the trainer (e.g. HF_TOKEN, AWS_ACCESS_KEY_ID).",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_1123_SUBDOMAIN,
+    )
+
+
+class ModelSpec(ApiModel):
+    source: str = Field(
+        description="Base model: hf://org/name, s3://bucket/prefix, pvc://claim/path or a "
+        "path to a Hugging Face format directory.",
+        min_length=1,
+        max_length=1024,
+        pattern=SOURCE_PATTERN,
+    )
+    revision: str = Field(
+        "main", description="Branch, tag or commit of an hf:// model.", max_length=256
+    )
+    secret_ref: SecretRef | None = Field(
+        None, description="Secret with credentials for the model and data sources."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow Python code shipped with the model to run. Off by default: "
+        "enable only for models you trust.",
+    )
+
+
+DataFormat = Literal["messages", "alpaca", "text", "preference"]
+
+
+class DataSource(ApiModel):
+    source: str = Field(
+        description="Data location: a JSONL, JSON or Parquet file or folder as a path, "
+        "file://, pvc://claim/path or s3://bucket/key; or an hf://org/dataset.",
+        min_length=1,
+        max_length=1024,
+        pattern=SOURCE_PATTERN,
+    )
+    format: DataFormat = Field(
+        "messages",
+        description="Record shape. messages: {messages: [{role, content}]} (OpenAI style); "
+        "alpaca: {instruction, input, output}; text: {text}; "
+        "preference: {prompt, chosen, rejected} (trained on prompt + chosen).",
+    )
+    split: str | None = Field(
+        None, description="Split of an hf:// dataset (default: train).", max_length=256
+    )
+
+
+class MixSource(DataSource):
+    weight: float = Field(
+        description="Share of training records drawn from this source, relative to the "
+        "main train data (weight 1.0); replay data against catastrophic forgetting.",
+        gt=0,
+        le=100,
+    )
+
+
+class CleaningSpec(ApiModel):
+    dedup: Literal["none", "exact", "near"] = Field(
+        "exact",
+        description="Duplicate removal on normalised content: none, exact, or near "
+        "(MinHash, see nearDedupThreshold).",
+    )
+    near_dedup_threshold: float = Field(
+        0.85,
+        description="Jaccard similarity above which two records count as near duplicates.",
+        gt=0,
+        le=1,
+    )
+    redact_pii: bool = Field(
+        True,
+        alias="redactPII",
+        description="Replace e-mail addresses, phone numbers, credit cards, IP addresses, "
+        "IBANs, US SSNs and secrets by typed placeholders such as <EMAIL>.",
+    )
+    remove_leakage: bool = Field(
+        True, description="Drop validation/test records whose content or prompt is in train."
+    )
+    overlength: Literal["truncate", "drop", "chunk"] = Field(
+        "truncate",
+        description="What to do with records longer than maxSeqLength tokens: truncate, "
+        "drop, or chunk into several rows.",
+    )
+    min_chars: int = Field(
+        1,
+        description="Records whose normalised content is shorter than this many "
+        "characters are removed as too short.",
+        ge=0,
+        le=100_000,
+    )
+    max_malformed_fraction: float = Field(
+        0.1,
+        description="The job fails when more than this fraction of records is malformed; "
+        "below it, malformed records are counted and reported, never silently dropped.",
+        ge=0,
+        le=1,
+    )
+
+
+class DatasetSpec(ApiModel):
+    model_config = validations(
+        cel(
+            "self.validationSplit + self.testSplit < 1.0",
+            "validationSplit + testSplit must be below 1 (some records must remain for training)",
+            ".testSplit",
+        ),
+    )
+
+    train: DataSource = Field(description="Training data.")
+    validation: DataSource | None = Field(
+        None, description="Validation data; when absent, validationSplit of train is held out."
+    )
+    test: DataSource | None = Field(
+        None, description="Test data; when absent, testSplit of train is held out."
+    )
+    validation_split: float = Field(
+        0.05,
+        description="Fraction of train held out for validation when no validation source "
+        "is given.",
+        ge=0,
+        lt=1,
+    )
+    test_split: float = Field(
+        0.0,
+        description="Fraction of train held out for testing when no test source is given.",
+        ge=0,
+        lt=1,
+    )
+    max_seq_length: int = Field(
+        2048, description="Longest row in tokens (packed rows included).", ge=16, le=1_048_576
+    )
+    packing: bool = Field(
+        True,
+        description="Pack several records into each row up to maxSeqLength; packed "
+        "documents never attend to each other.",
+    )
+    train_on_prompt: bool = Field(
+        False,
+        description="Compute the loss on prompt tokens too; by default only assistant / "
+        "completion tokens count.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template; default: the tokenizer's own.",
+        max_length=65_536,
+    )
+    cleaning: CleaningSpec = Field(
+        default_factory=CleaningSpec, description="Data hygiene applied before training."
+    )
+    mix: list[MixSource] = Field(
+        default_factory=list,
+        description="Replay data interleaved into train at the given weights.",
+        max_length=16,
+    )
+
+
+class LoraSpec(ApiModel):
+    r: int = Field(16, description="LoRA rank.", ge=1, le=1024)
+    alpha: float = Field(32, description="LoRA scaling numerator (scale = alpha / r).", gt=0)
+    dropout: float = Field(0.05, description="Dropout on the LoRA input.", ge=0, lt=1)
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Module names to adapt, or all-linear for every linear layer but the "
+        "output head.",
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class MethodSpec(ApiModel):
+    type: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: low-rank adapters; qlora: LoRA on a 4-bit NF4 base model "
+        "(needs a CUDA GPU); full: every weight trained.",
+    )
+    lora: LoraSpec = Field(
+        default_factory=LoraSpec, description="Adapter settings for lora and qlora."
+    )
+
+
+class Hyperparameters(ApiModel):
+    epochs: int = Field(3, description="Passes over the training data.", ge=1, le=1000)
+    max_steps: int | None = Field(
+        None, description="Stop after this many optimizer steps (overrides epochs).", ge=1
+    )
+    learning_rate: float = Field(2.0e-4, description="Peak learning rate.", gt=0, le=1)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup: cosine, linear or constant."
+    )
+    warmup_ratio: float = Field(
+        0.03, description="Fraction of steps with linear warmup.", ge=0, lt=1
+    )
+    batch_size: int = Field(
+        32,
+        description="Global batch in sequences (packed rows) per optimizer step, across "
+        "all workers; gradient accumulation makes up the difference.",
+        ge=1,
+        le=65_536,
+    )
+    micro_batch_size: int | None = Field(
+        None,
+        description="Sequences per device per forward pass; null chooses automatically.",
+        ge=1,
+        le=4096,
+    )
+    weight_decay: float = Field(0.0, description="AdamW weight decay.", ge=0, le=1)
+    max_grad_norm: float = Field(
+        1.0, description="Gradient clipping norm; 0 turns clipping off.", ge=0
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward to save memory."
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.",
+    )
+    seed: int = Field(
+        42, description="Seed for data splits, shuffling and initialisation.", ge=0
+    )
+
+
+class EarlyStopping(ApiModel):
+    patience: int = Field(
+        3, description="Evaluations without improvement before stopping.", ge=1, le=1000
+    )
+    min_delta: float = Field(
+        0.0, description="Smallest fall in eval loss that counts as improvement.", ge=0
+    )
+
+
+EvalMetric = Literal["loss", "perplexity", "accuracy", "exact_match", "bleu", "rouge"]
+TEST_ONLY_METRICS = ("accuracy", "exact_match", "bleu", "rouge")
+
+
+class EvaluationSpec(ApiModel):
+    every_steps: int | None = Field(
+        None, description="Evaluate every N optimizer steps; null: once per epoch.", ge=1
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop when the validation loss stops improving."
+    )
+    metrics: list[EvalMetric] = Field(
+        default_factory=lambda: ["loss", "perplexity"],
+        description="loss and perplexity on validation and test; accuracy (token), "
+        "exact_match, bleu and rouge (ROUGE-L) on the test set.",
+        max_length=6,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    max_generation_samples: int = Field(
+        64,
+        description="Test records used for generation metrics (exact_match, bleu, rouge).",
+        ge=1,
+        le=100_000,
+    )
+
+
+class DeepSpeedSpec(ApiModel):
+    model_config = validations(
+        cel(
+            "!self.offloadParams || self.zeroStage == 3",
+            "offloadParams needs zeroStage 3",
+            ".offloadParams",
+        ),
+        cel(
+            "!self.offloadOptimizer || self.zeroStage >= 1",
+            "offloadOptimizer needs zeroStage 1, 2 or 3",
+            ".offloadOptimizer",
+        ),
+    )
+
+    zero_stage: int = Field(2, description="DeepSpeed ZeRO stage (0-3).", ge=0, le=3)
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory.")
+    offload_params: bool = Field(
+        False, description="Keep parameters in CPU memory (ZeRO-3 only)."
+    )
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(None, description="Taint key; empty with Exists matches all.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate; empty tolerates all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated.", ge=0
+    )
+
+
+class ResourcesSpec(ApiModel):
+    workers: int = Field(
+        1, description="Ray worker pods; each runs gpusPerWorker training ranks.", ge=1, le=1024
+    )
+    gpus_per_worker: int = Field(
+        1, description="nvidia.com/gpu per worker pod (0 trains on CPU).", ge=0, le=16
+    )
+    cpus_per_worker: int = Field(8, description="CPU cores per worker pod.", ge=1, le=1024)
+    memory_per_worker: str = Field(
+        "64Gi",
+        description="Memory per worker pod as a Kubernetes quantity, e.g. 64Gi.",
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the worker pods must match."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations of the head and worker pods.", max_length=32
+    )
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of the Ray pods.", max_length=253
+    )
+    image: str | None = Field(
+        None,
+        description="Trainer image; default: the operator's configured trainer image.",
+        max_length=1024,
+    )
+
+
+class CheckpointingSpec(ApiModel):
+    every_steps: int = Field(
+        500, description="Save a resumable checkpoint every N optimizer steps.", ge=1
+    )
+    keep: int = Field(2, description="Newest checkpoints kept; older ones are deleted.", ge=1, le=100)
+
+
+class OutputSpec(ApiModel):
+    destination: str = Field(
+        description="Where adapter/, model/, checkpoints/, metrics and the model card go: "
+        "s3://bucket/prefix, pvc://claim/path or a path.",
+        min_length=1,
+        max_length=1024,
+        pattern=DESTINATION_PATTERN,
+    )
+    merge_adapter: bool = Field(
+        False, description="Also write the base model with the adapter merged into model/."
+    )
+
+
+class RunPolicy(ApiModel):
+    suspend: bool = Field(
+        False,
+        description="true stops the Ray cluster and keeps the job; false resumes it from "
+        "its newest checkpoint.",
+    )
+    backoff_limit: int = Field(
+        2, description="Whole-cluster retries (RayJob backoffLimit).", ge=0, le=100
+    )
+    active_deadline_seconds: int | None = Field(
+        None, description="Fail the job when it runs longer than this.", ge=1
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, description="Delete the finished job (and its children) after this long.", ge=0
+    )
+    queue_name: str | None = Field(
+        None,
+        description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label.",
+        max_length=63,
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    model_config = validations(
+        cel(
+            "self.method.type != 'qlora' || self.resources.gpusPerWorker >= 1",
+            "qlora quantises the base model with bitsandbytes and needs a CUDA GPU: set "
+            "resources.gpusPerWorker >= 1 or use method.type lora",
+            ".method.type",
+        ),
+        cel(
+            "!self.output.mergeAdapter || self.method.type != 'full'",
+            "mergeAdapter applies to lora and qlora; a full fine-tune already writes model/",
+            ".output.mergeAdapter",
+        ),
+        cel(
+            f"!{is_set('self.evaluation.earlyStopping')} || {is_set('self.dataset.validation')}"
+            " || self.dataset.validationSplit > 0.0",
+            "earlyStopping needs validation data: set dataset.validation or "
+            "dataset.validationSplit > 0",
+            ".evaluation.earlyStopping",
+        ),
+        cel(
+            "!self.evaluation.metrics.exists(m, m in ['accuracy', 'exact_match', 'bleu', "
+            f"'rouge']) || {is_set('self.dataset.test')} || self.dataset.testSplit > 0.0",
+            "accuracy, exact_match, bleu and rouge are computed on the test set: set "
+            "dataset.test or dataset.testSplit > 0",
+            ".evaluation.metrics",
+        ),
+        cel(
+            "self.hyperparameters.batchSize >= self.resources.workers * "
+            "(self.resources.gpusPerWorker > 0 ? self.resources.gpusPerWorker : 1)",
+            "batchSize is global and must be at least the number of training ranks "
+            "(workers x gpusPerWorker)",
+            ".hyperparameters.batchSize",
+        ),
+        cel(
+            f"!{is_set('self.hyperparameters.microBatchSize')} || "
+            "self.hyperparameters.microBatchSize <= self.hyperparameters.batchSize",
+            "microBatchSize must not exceed batchSize",
+            ".hyperparameters.microBatchSize",
+        ),
+    )
+
+    model: ModelSpec = Field(description="The base model to fine-tune.")
+    dataset: DatasetSpec = Field(description="Training, validation and test data and its cleaning.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="lora, qlora or full.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Optimisation settings."
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="When and what to evaluate."
+    )
+    deepspeed: DeepSpeedSpec = Field(
+        default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Ray workers, GPUs and scheduling."
+    )
+    checkpointing: CheckpointingSpec = Field(
+        default_factory=CheckpointingSpec, description="Resumable checkpoints."
+    )
+    output: OutputSpec = Field(description="Where results go.")
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Suspension, retries, deadlines and clean-up."
+    )
+
+
+# ---------------------------------------------------------------------------- status
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    INITIALIZING = "Initializing"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    def is_terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+    def is_active(self) -> bool:
+        return self.value in ACTIVE_PHASES
+
+
+class ConditionType(enum.StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(ApiModel):
+    type: ConditionType = Field(description="Running, Succeeded, Failed or Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str | None = Field(None, description="Machine-readable reason (CamelCase).")
+    message: str | None = Field(None, description="Human-readable details.")
+    last_transition_time: str | None = Field(
+        None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        None, description="Spec generation this condition reflects."
+    )
+
+
+class Progress(ApiModel):
+    step: int | None = Field(None, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, description="Optimizer steps planned.")
+    epoch: float | None = Field(None, description="Epochs done (fractional).")
+    percent: float | None = Field(None, description="step / totalSteps x 100.")
+    train_loss: float | None = Field(None, description="Latest training loss.")
+    eval_loss: float | None = Field(None, description="Latest validation loss.")
+    tokens_per_second: float | None = Field(
+        None, description="Non-padding tokens processed per second."
+    )
+    eta_seconds: float | None = Field(None, description="Estimated seconds left.")
+    display: str | None = Field(None, description="step/totalSteps (percent) for kubectl get.")
+    eta: str | None = Field(None, description="Estimated time left, e.g. 1h05m, for kubectl get.")
+    updated_at: str | None = Field(None, description="When this progress was read (RFC 3339).")
+
+
+class CheckpointRef(ApiModel):
+    step: int = Field(description="Optimizer step of the checkpoint.")
+    uri: str = Field(description="Where the checkpoint is stored.")
+
+
+class Result(ApiModel):
+    output_uri: str | None = Field(None, description="Where the outputs were written.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Final metrics (train_loss, eval_loss, test_*)."
+    )
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase | None = Field(
+        None, description="Pending, Initializing, Running, Succeeded, Failed or Suspended."
+    )
+    reason: str | None = Field(None, description="Why the job is in this phase (CamelCase).")
+    message: str | None = Field(None, description="Details, naming the field or failing step.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Running, Succeeded, Failed, Suspended.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="Spec generation last acted on.")
+    ray_job_name: str | None = Field(None, description="The RayJob running this job.")
+    attempts: int | None = Field(None, description="Ray cluster attempts so far.")
+    start_time: str | None = Field(None, description="When training started (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
+    progress: Progress | None = Field(None, description="Training progress.")
+    last_checkpoint: CheckpointRef | None = Field(None, description="Newest saved checkpoint.")
+    result: Result | None = Field(None, description="Outputs and final metrics.")
+
+
+# ---------------------------------------------------------------------------- the object
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata our code reads; everything else passes through untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class FineTuneJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: Literal["finetune.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
+
+
+FROZEN_WHILE_RUNNING = [
+    to_camel(name) for name in FineTuneJobSpec.model_fields if to_camel(name) not in MUTABLE_WHILE_RUNNING
+]
+
+# Rules on the whole object: what only the object root can see (its name, its status).
+ROOT_VALIDATIONS = [
+    cel(
+        f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        f"name must be at most {MAX_NAME_LENGTH} characters (it names the job's RayJob)",
+        ".metadata.name",
+    ),
+    cel(
+        f"self.metadata.name.matches('{DNS_1035_LABEL}')",
+        "name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a "
+        "letter): it names the job's RayJob",
+        ".metadata.name",
+    ),
+    cel(
+        f"!{is_set('oldSelf.status')} || !{is_set('oldSelf.status.phase')} || "
+        f"!(oldSelf.status.phase in {list(ACTIVE_PHASES)}) || "
+        + " && ".join(f"oldSelf.spec.{name} == self.spec.{name}" for name in FROZEN_WHILE_RUNNING),
+        "spec cannot change while the job is Initializing or Running (only spec.runPolicy "
+        "can); suspend the job first",
+        ".spec",
+    ),
+]

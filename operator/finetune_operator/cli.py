@@ -1,0 +1,88 @@
+"""`finetune`: validate, render, prepare and run FineTuneJobs from the command line.
+
+validate and render need only the operator's light dependencies; prepare and run
+import the trainer (torch, transformers, ray) when they are called, not before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from finetune_operator.validation import validate_file
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        lines = validate_file(Path(path))
+        for line in lines:
+            print(line, file=sys.stderr)
+        if lines:
+            failed = True
+        elif not args.quiet:
+            print(f"{path}: valid")
+    return 1 if failed else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from finetune_operator.render import render_children
+
+    return render_children(Path(args.file), image=args.image, output=sys.stdout)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from finetune_trainer.cli import prepare_command
+
+    return prepare_command(Path(args.file), Path(args.output))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from finetune_trainer.cli import run_command
+
+    return run_command(
+        Path(args.file),
+        output=Path(args.output) if args.output else None,
+        workers=args.workers,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune", description="Fine-tune language models with FineTuneJob manifests."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check manifests offline before kubectl apply")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    validate.set_defaults(handler=cmd_validate)
+
+    render = sub.add_parser("render", help="print the ConfigMap and RayJob the operator creates")
+    render.add_argument("file", metavar="JOB.yaml")
+    render.add_argument("--image", default=None, help="trainer image when the spec sets none")
+    render.set_defaults(handler=cmd_render)
+
+    prepare = sub.add_parser("prepare", help="run the data stage alone")
+    prepare.add_argument("file", metavar="JOB.yaml")
+    prepare.add_argument("--output", required=True, metavar="DIR")
+    prepare.set_defaults(handler=cmd_prepare)
+
+    run = sub.add_parser("run", help="run the whole job on this machine (local Ray)")
+    run.add_argument("file", metavar="JOB.yaml")
+    run.add_argument("--output", default=None, metavar="DIR", help="overrides spec.output")
+    run.add_argument(
+        "--workers", type=int, default=None, help="Ray workers (default: spec.resources.workers)"
+    )
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,13 +33,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from finetune_trainer.cli import prepare_command
+    from finetune_trainer.data.command import prepare_command
 
     return prepare_command(Path(args.file), Path(args.output))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from finetune_trainer.cli import run_command
+    from finetune_trainer.run import run_command
 
     return run_command(
         Path(args.file),

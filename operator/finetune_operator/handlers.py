@@ -1,0 +1,66 @@
+"""Thin kopf handlers: each one names when it runs and hands the job to `reconcile`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from finetune_operator import api, naming
+from finetune_operator.events import post_event
+from finetune_operator.kube import Login
+from finetune_operator.policies import immutable
+from finetune_operator.reconcile import Context, reconcile, reconcile_quietly
+from finetune_operator.status import current_phase
+
+RAYJOBS = ("ray.io", "v1", "rayjobs")
+FINETUNEJOBS = (api.GROUP, api.VERSION, api.PLURAL)
+
+
+def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
+    """A registry with every handler of the operator, bound to one Context."""
+    registry = kopf.OperatorRegistry()
+    backoff = context.settings.retry_seconds
+
+    @kopf.on.login(registry=registry)
+    def log_in(**_: Any) -> kopf.ConnectionInfo:
+        return login()
+
+    @kopf.on.create(*FINETUNEJOBS, registry=registry, backoff=backoff)
+    @kopf.on.resume(*FINETUNEJOBS, registry=registry, backoff=backoff)
+    async def start_or_resume_job(name: str, namespace: str | None, **_: Any) -> None:
+        await reconcile(context, namespace or "default", name)
+
+    @kopf.on.update(*FINETUNEJOBS, field="spec", registry=registry, backoff=backoff)
+    async def apply_spec_change(
+        name: str,
+        namespace: str | None,
+        old: Any,
+        new: Any,
+        status: kopf.Status,
+        body: kopf.Body,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        **_: Any,
+    ) -> None:
+        refused = immutable.refused_changes(old, new, current_phase(status))
+        if refused:
+            message = (
+                f"{', '.join(refused)} cannot change while the job is "
+                f"{status.get('phase')}; only spec.runPolicy can. The change has no effect: "
+                "suspend the job first, or create a new FineTuneJob"
+            )
+            logger.warning(message)
+            await post_event(
+                context.client, dict(body), type_="Warning", reason="SpecChangeRefused",
+                message=message,
+            )  # fmt: skip
+        await reconcile(context, namespace or "default", name)
+
+    @kopf.on.event(*RAYJOBS, labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry)
+    async def follow_rayjob(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        job_name = body.metadata.labels.get(naming.JOB_LABEL)
+        if job_name:
+            await reconcile_quietly(context, namespace or "default", job_name)
+
+    return registry

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,7 +61,29 @@ class Context:
     client: KubeClient
     locks: dict[tuple[str, str], asyncio.Lock] = dataclasses.field(default_factory=dict)
     wakeups: dict[tuple[str, str], asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+    # Strong references to running wake-up tasks: the loop keeps only weak ones.
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     kuberay_seen_at: float | None = None
+    # Validation evaluates every CEL rule (tens of milliseconds); a spec is checked once.
+    parsed: OrderedDict[str, api.FineTuneJob | InvalidSpec] = dataclasses.field(
+        default_factory=OrderedDict
+    )
+
+    def parse(self, manifest: dict[str, Any]) -> api.FineTuneJob:
+        """parse_job with a small cache keyed by the manifest's content."""
+        key = json.dumps(manifest, sort_keys=True, default=str)
+        result = self.parsed.get(key)
+        if result is None:
+            try:
+                result = parse_job(manifest)
+            except InvalidSpec as error:
+                result = error
+            self.parsed[key] = result
+            while len(self.parsed) > 4096:
+                self.parsed.popitem(last=False)
+        if isinstance(result, InvalidSpec):
+            raise result
+        return result.model_copy(deep=True)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
@@ -77,7 +101,9 @@ class Context:
 
         def wake() -> None:
             self.wakeups.pop(key, None)
-            loop.create_task(reconcile_quietly(self, namespace, name))
+            task = loop.create_task(reconcile_quietly(self, namespace, name))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
         self.wakeups[key] = loop.call_at(due, wake)
 
@@ -126,11 +152,18 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
         await _apply_ttl(context, body, now)
         return
 
+    metadata = body.get("metadata") or {}
+    manifest = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        # Only what identifies the job: annotations kopf writes must not defeat the cache.
+        "metadata": {k: metadata[k] for k in ("name", "namespace", "uid") if k in metadata},
+        "spec": body.get("spec"),
+    }
     try:
-        job = parse_job({key: body[key] for key in ("apiVersion", "kind", "metadata", "spec")})
-    except (InvalidSpec, KeyError) as error:
-        problems = getattr(error, "problems", None)
-        message = "; ".join(str(p) for p in problems) if problems else f"missing {error}"
+        job = context.parse(manifest)
+    except InvalidSpec as error:
+        message = "; ".join(str(p) for p in error.problems)
         await _write(context, body, Observation(Phase.FAILED, "InvalidSpec", message))
         raise kopf.PermanentError(f"invalid spec: {message}") from error
 

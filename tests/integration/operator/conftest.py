@@ -131,10 +131,14 @@ class Cluster:
 
     def creations(self, resource: str) -> int:
         """How many POSTs the emulator saw for a resource (successful or not)."""
+        return self.requests("POST", f"/{resource.split('/')[-1]}")
+
+    def requests(self, method: str, path_suffix: str) -> int:
+        """How many requests with this method the emulator saw on paths ending so."""
         return sum(
             1
-            for request in self.emulator.requests
-            if request.method == "POST" and request.resource == kmock.resource(resource)
+            for request in list(self.emulator)
+            if request.method == method and request.url.path.endswith(path_suffix)
         )
 
     def status(self, name: str) -> dict[str, Any]:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -226,6 +231,69 @@ class RunningOperator:
             await asyncio.to_thread(self.thread.join, 15)
             assert not self.thread.is_alive(), "the operator did not stop"
             self.thread = None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OperatorProcess:
+    """`finetune-operator` as a separate process, so that a test can kill it outright."""
+
+    def __init__(self, cluster: Cluster, folder: Path) -> None:
+        self.cluster = cluster
+        self.kubeconfig = folder / "kubeconfig"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = folder / "operator.log"
+
+    async def start(self) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.cluster.url}}],
+            "users": [{"name": "test", "user": {"token": "test-token"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+            "current-context": "kmock",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "FINETUNE_RESYNC_SECONDS": str(TEST_SETTINGS.resync_seconds),
+            "FINETUNE_KUBERAY_RETRY_SECONDS": str(TEST_SETTINGS.kuberay_retry_seconds),
+        }
+        command = [sys.executable, "-m", "finetune_operator.main", "--health-port", str(port)]
+        command += ["--metrics-port", "0"]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        await eventually(lambda: self._healthy(port), timeout=30, what="the operator's probe")
+
+    def _healthy(self, port: int) -> bool:
+        assert self.process is not None and self.process.poll() is None, self.log.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no handler finishes, nothing is cleaned up, as when a node dies."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def terminate(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
 
 
 @pytest.fixture

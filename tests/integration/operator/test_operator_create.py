@@ -18,14 +18,20 @@ async def test_create_makes_configmap_and_rayjob(cluster: Cluster, operator) -> 
     configmap = await eventually(lambda: cluster.get("v1/configmaps", "llama-spec"))
 
     document = yaml.safe_load(configmap["data"]["job.yaml"])
-    assert document["metadata"] == {"name": "llama", "namespace": "default", "uid": job["metadata"]["uid"]}
+    assert document["metadata"] == {
+        "name": "llama",
+        "namespace": "default",
+        "uid": job["metadata"]["uid"],
+    }
     assert document["spec"]["model"]["source"] == "hf://meta-llama/Llama-3.1-8B"
     assert rayjob["spec"]["entrypoint"] == "finetune run /etc/finetune/job.yaml"
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert rayjob["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     assert rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
 
-    status = await eventually(lambda: cluster.status("llama").get("rayJobName") and cluster.status("llama"))
+    status = await eventually(
+        lambda: cluster.status("llama").get("rayJobName") and cluster.status("llama")
+    )
     assert status["phase"] == "Pending"
     assert status["reason"] == "RayJobCreated"
     assert status["observedGeneration"] == 1

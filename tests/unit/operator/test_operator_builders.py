@@ -102,7 +102,10 @@ def test_pruning_checker_catches_unknown_fields() -> None:
              "resources__memoryPerWorker": "200Gi"},
             {"workers": 3, "gpus": "4", "cpu": "16", "memory": "200Gi"},
         ),
-        ({"resources__gpusPerWorker": 0}, {"workers": 1, "gpus": None, "cpu": "8", "memory": "64Gi"}),
+        (
+            {"resources__gpusPerWorker": 0},
+            {"workers": 1, "gpus": None, "cpu": "8", "memory": "64Gi"},
+        ),
     ],
 )  # fmt: skip
 def test_worker_group_gets_the_requested_resources(overrides, expected) -> None:

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import RAYJOBS, Cluster, OperatorProcess, eventually, make_finetunejob
 
-from finetune_operator.validation import parse_job
-
 pytestmark = pytest.mark.integration
 
 ROUNDS = 10
@@ -56,7 +54,6 @@ def summary(samples: list[float]) -> str:
 
 async def test_operator_process_acts_within_a_second(cluster: Cluster, tmp_path: Path) -> None:
     cluster.install_kuberay()
-    parse_job(make_finetunejob("warm-up"))  # the test's own validation, not the operator's
     operator = OperatorProcess(cluster, tmp_path)
     await operator.start()
     try:

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, log_format=log_format)
+    # cel-python logs every evaluation step at DEBUG; that would drown the operator's logs.
+    logging.getLogger("celpy").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
     except ValueError as error:

@@ -194,17 +194,23 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
 
     limit = job.spec.run_policy.active_deadline_seconds
     left = deadline.seconds_left(status.get("startTime"), limit, now)
-    if limit is not None and left is not None and left <= 0 and not observation.phase.is_terminal():
+    deadline_passed = left is not None and left <= 0 and not observation.phase.is_terminal()
+    if limit is not None and deadline_passed:
         observation = deadline.deadline_observation(limit)
         # Stop the Ray cluster now rather than wait for KubeRay's own clock.
         await context.client.delete(rayjob_path(namespace, rayjob["metadata"]["name"]))
 
-    # A refused change to a frozen field is not acted on, so its generation is not observed.
+    # The children carry the spec they were built from; an edit since then takes effect only
+    # while the RayJob is suspended. A refused edit is not acted on: its generation is not
+    # observed.
     in_effect = (yaml.safe_load(configmap.get("data", {}).get(naming.SPEC_KEY) or "{}") or {}).get(
         "spec"
     )
-    refused = immutable.refused_changes(in_effect, job.spec.to_wire(), Phase.RUNNING)
-    generation = None if refused else body.get("metadata", {}).get("generation")
+    changed = immutable.changed_fields(in_effect, job.spec.to_wire())
+    if changed and not deadline_passed and immutable.can_apply_now(rayjob):
+        rayjob = await _apply_spec(context, body, job, changed)
+        changed = []
+    generation = None if changed else body.get("metadata", {}).get("generation")
     update = await _write(
         context,
         body,
@@ -220,6 +226,31 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
         context.wake_later(namespace, job.metadata.name, left)
     if update.get("completionTime"):
         await _apply_ttl(context, {**body, "status": {**status, **update}}, now)
+
+
+async def _apply_spec(
+    context: Context, body: Mapping[str, Any], job: api.FineTuneJob, changed: list[str]
+) -> dict[str, Any]:
+    """Rewrite the ConfigMap and the suspended RayJob from the edited spec."""
+    namespace = job.metadata.namespace or "default"
+    configmap = builders.build_configmap(job)
+    rayjob = builders.build_rayjob(job, context.settings)
+    await context.client.merge_patch(
+        configmap_path(namespace, configmap["metadata"]["name"]), {"data": configmap["data"]}
+    )
+    patch = {"metadata": {"labels": rayjob["metadata"]["labels"]}, "spec": rayjob["spec"]}
+    updated = await context.client.merge_patch(
+        rayjob_path(namespace, rayjob["metadata"]["name"]), patch
+    )
+    await post_event(
+        context.client,
+        body,
+        type_="Normal",
+        reason="SpecApplied",
+        message=f"{', '.join(changed)} changed while suspended: the RayJob now carries the "
+        "new spec, used when the job resumes",
+    )
+    return updated
 
 
 async def ensure_child(

@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 import pytest
-from conftest import (
+from operator_cluster import (
     FINETUNEJOBS,
     RAYJOBS,
     TEST_SETTINGS,

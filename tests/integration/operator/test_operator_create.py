@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import FINETUNEJOBS, RAYJOBS, Cluster, eventually, make_finetunejob
+from operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually, make_finetunejob
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +36,8 @@ async def test_create_makes_configmap_and_rayjob(cluster: Cluster, operator) -> 
     assert status["reason"] == "RayJobCreated"
     assert status["observedGeneration"] == 1
     assert cluster.names(FINETUNEJOBS) == ["llama"]
+    # No finalizer: a stopped operator must never block `kubectl delete`.
+    metadata = cluster.get(FINETUNEJOBS, "llama")["metadata"]
+    assert not metadata.get("finalizers")
+    # kopf's bookkeeping lives in our own annotations (status would be pruned by the schema).
+    assert all(key.startswith("finetune.io/") for key in metadata.get("annotations", {}))

@@ -6,7 +6,7 @@ import asyncio
 
 import kmock
 import pytest
-from conftest import (
+from operator_cluster import (
     FINETUNEJOBS,
     RAYJOBS,
     TEST_SETTINGS,

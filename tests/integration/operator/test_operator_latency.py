@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RAYJOBS, Cluster, OperatorProcess, eventually, make_finetunejob
+from operator_cluster import RAYJOBS, Cluster, OperatorProcess, eventually, make_finetunejob
 
 pytestmark = pytest.mark.integration
 

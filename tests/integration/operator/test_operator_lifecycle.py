@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import RAYJOBS, Cluster, eventually, make_finetunejob
+from operator_cluster import RAYJOBS, Cluster, eventually, make_finetunejob
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import FINETUNEJOBS, RAYJOBS, Cluster, eventually, make_finetunejob
+import yaml
+from operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually, make_finetunejob
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +101,27 @@ async def test_frozen_field_change_while_running_is_refused(cluster: Cluster, op
     assert cluster.get("v1/configmaps", "frozen-spec") == configmap
     assert cluster.status("frozen")["observedGeneration"] == 1  # the change was not acted on
     assert cluster.status("frozen")["phase"] == "Running"
+
+
+async def test_spec_edited_while_suspended_applies_on_resume(cluster: Cluster, operator) -> None:
+    await running_job(cluster, "edited")
+    await cluster.patch_job_spec("edited", {"runPolicy": {"suspend": True}})
+    await cluster.set_rayjob_status("edited", jobDeploymentStatus="Suspended", jobStatus="")
+    await eventually(lambda: cluster.status("edited").get("phase") == "Suspended")
+
+    await cluster.patch_job_spec("edited", {"resources": {"workers": 3}})
+    await eventually(
+        lambda: (
+            cluster.get(RAYJOBS, "edited")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][
+                "replicas"
+            ]
+            == 3
+        ),
+        what="the RayJob rebuilt from the edited spec",
+    )
+    document = yaml.safe_load(cluster.get("v1/configmaps", "edited-spec")["data"]["job.yaml"])
+    assert document["spec"]["resources"]["workers"] == 3
+    await eventually(lambda: cluster.status("edited").get("observedGeneration") == 3)
+    assert "SpecApplied" in {e["reason"] for e in cluster.events("edited")}
+    assert cluster.get(RAYJOBS, "edited")["spec"]["suspend"] is True
+    assert cluster.creations(RAYJOBS) == 1

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_job, pruned_fields, rayjob_schema, schema_errors
 from finetune_operator import naming
 from finetune_operator.builders import build_configmap, build_rayjob
 from finetune_operator.settings import Settings
+from operator_unit_support import make_job, pruned_fields, rayjob_schema, schema_errors
 
 SETTINGS = Settings(trainer_image="registry.local/trainer:1")
 

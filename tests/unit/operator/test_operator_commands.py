@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_finetunejob, pruned_fields, rayjob_schema, schema_errors
 from finetune_operator import main as operator_main
 from finetune_operator.render import render_children
 from finetune_operator.settings import Settings
+from operator_unit_support import make_finetunejob, pruned_fields, rayjob_schema, schema_errors
 
 
 def write_job(folder: Path, document: dict) -> Path:

@@ -83,3 +83,17 @@ SPEC = {"model": {"source": "hf://a/b"}, "hyperparameters": {"epochs": 1}, "runP
 def test_frozen_fields_while_running(change, phase, refused) -> None:
     new = {**SPEC, **change}
     assert immutable.refused_changes(SPEC, new, phase) == refused
+
+
+@pytest.mark.parametrize(
+    ("rayjob", "can"),
+    [
+        ({"spec": {"suspend": True}, "status": {"jobDeploymentStatus": "Suspended"}}, True),
+        ({"spec": {"suspend": True}}, True),
+        ({"spec": {"suspend": False}}, False),
+        ({"spec": {"suspend": True}, "status": {"jobDeploymentStatus": "Suspending"}}, False),
+        ({"spec": {"suspend": False}, "status": {"jobDeploymentStatus": "Running"}}, False),
+    ],
+)
+def test_spec_changes_apply_only_to_a_suspended_rayjob(rayjob, can) -> None:
+    assert immutable.can_apply_now(rayjob) is can

@@ -109,8 +109,14 @@ class Cluster:
             return payload
 
     async def apply_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        path = f"/apis/{FINETUNEJOBS.split('/', 1)[0]}/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
+        namespace = job["metadata"].get("namespace") or NAMESPACE
+        path = f"/apis/finetune.io/v1alpha1/namespaces/{namespace}/finetunejobs"
         return await self.send("POST", path, job)  # type: ignore[no-any-return]
+
+    def add_namespace(self, name: str) -> None:
+        """Stored directly: kmock cannot parse a POST to the cluster-wide namespaces path."""
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        self.emulator.objects["v1/namespaces", None, name] = namespace
 
     async def patch_job_spec(self, name: str, spec: dict[str, Any]) -> None:
         job = self.get(FINETUNEJOBS, name)
@@ -124,8 +130,8 @@ class Cluster:
         path = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs/{name}/status"
         await self.send("PATCH", path, {"status": status})
 
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        key = (kmock.resource(resource), NAMESPACE, name)
+    def get(self, resource: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        key = (kmock.resource(resource), namespace, name)
         if key not in self.emulator.objects or self.emulator.objects[key].deleted:
             return None
         return copy.deepcopy(self.emulator.objects[key].raw)
@@ -231,9 +237,12 @@ class RunningOperator:
     start when it stops, which must not include the test's own.
     """
 
-    def __init__(self, cluster: Cluster, settings: Settings) -> None:
+    def __init__(
+        self, cluster: Cluster, settings: Settings, namespaces: tuple[str, ...] = ()
+    ) -> None:
         self.cluster = cluster
         self.settings = settings
+        self.namespaces = namespaces
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
 
@@ -245,7 +254,13 @@ class RunningOperator:
         def login() -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=url, default_namespace=NAMESPACE)
 
-        operator = run_operator(self.settings, login, stop_flag=self.stop_flag, ready_flag=ready)
+        operator = run_operator(
+            self.settings,
+            login,
+            namespaces=self.namespaces,
+            stop_flag=self.stop_flag,
+            ready_flag=ready,
+        )
         self.thread = threading.Thread(target=asyncio.run, args=(operator,), daemon=True)
         self.thread.start()
         assert await asyncio.to_thread(ready.wait, 15), "the operator did not start"

@@ -6,6 +6,7 @@ RayJob status change takes to show in the FineTuneJob.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -62,6 +63,11 @@ async def test_operator_process_acts_within_a_second(cluster: Cluster, tmp_path:
         operator.terminate()
     print(f"\napply -> RayJob: {summary(timings['create'])}")
     print(f"RayJob status -> FineTuneJob status: {summary(timings['mirror'])}")
+    # Structured logs: every line the process wrote is one JSON object.
+    lines = [line for line in operator.log.read_text().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert "message" in json.loads(line), line
     # The median must meet the second; the slowest sample gets slack for a busy CI machine.
     for samples in timings.values():
         assert statistics.median(samples) < LIMIT_SECONDS

@@ -10,7 +10,8 @@ import yaml
 from finetune_operator import naming
 from finetune_operator.builders import build_configmap, build_rayjob
 from finetune_operator.settings import Settings
-from operator_unit_support import make_job, pruned_fields, rayjob_schema, schema_errors
+from finetune_operator.validation import load_job_file
+from operator_unit_support import ROOT, make_job, pruned_fields, rayjob_schema, schema_errors
 
 SETTINGS = Settings(trainer_image="registry.local/trainer:1")
 
@@ -251,3 +252,16 @@ def test_scheduling_fields_reach_the_pods() -> None:
     for template in templates.values():
         assert template["spec"]["priorityClassName"] == "high"
     assert "nodeSelector" not in templates["head"]["spec"]  # the head needs no GPU node
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_renders_a_rayjob_kuberay_accepts(path) -> None:
+    job = load_job_file(path)
+    job.metadata.namespace = job.metadata.namespace or "default"
+    job.metadata.uid = "00000000-0000-0000-0000-000000000001"
+    rayjob = build_rayjob(job, SETTINGS)
+    assert schema_errors(rayjob) == []
+    assert pruned_fields(rayjob, rayjob_schema()) == []

@@ -11,11 +11,21 @@ from finetune_operator import api, naming
 from finetune_operator.events import post_event
 from finetune_operator.kube import Login
 from finetune_operator.policies import immutable
-from finetune_operator.reconcile import Context, reconcile, reconcile_quietly
+from finetune_operator.reconcile import Context, manifest_of, reconcile, reconcile_quietly
 from finetune_operator.status import current_phase
+from finetune_operator.validation import InvalidSpec
 
 RAYJOBS = ("ray.io", "v1", "rayjobs")
 FINETUNEJOBS = (api.GROUP, api.VERSION, api.PLURAL)
+
+
+def invalid_spec_problems(context: Context, body: kopf.Body) -> str:
+    """The problems of the job's current spec ("" when it is valid)."""
+    try:
+        context.parse(manifest_of(dict(body)))
+    except InvalidSpec as error:
+        return "; ".join(str(p) for p in error.problems)
+    return ""
 
 
 def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
@@ -43,6 +53,12 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
         logger: logging.Logger | logging.LoggerAdapter[Any],
         **_: Any,
     ) -> None:
+        problems = invalid_spec_problems(context, body)
+        if problems and status.get("rayJobName"):
+            await post_event(
+                context.client, dict(body), type_="Warning", reason="SpecChangeRefused",
+                message=f"the edited spec is invalid and has no effect: {problems}",
+            )  # fmt: skip
         refused = immutable.refused_changes(old, new, current_phase(status))
         if refused:
             message = (

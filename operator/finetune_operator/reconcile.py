@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 import yaml
 
@@ -47,6 +48,18 @@ def rayjob_path(namespace: str, name: str | None = None) -> str:
 
 def configmap_path(namespace: str, name: str | None = None) -> str:
     return object_path("", "v1", "configmaps", namespace, name)
+
+
+def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What validation sees of a stored job: kind, identity and spec (no status, no
+    annotations, which kopf rewrites and which would defeat the parse cache)."""
+    metadata = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: metadata[k] for k in ("name", "namespace", "uid") if k in metadata},
+        "spec": body.get("spec"),
+    }
 
 
 class NameConflict(Exception):
@@ -84,6 +97,13 @@ class Context:
         if isinstance(result, InvalidSpec):
             raise result
         return result.model_copy(deep=True)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the bookkeeping of a job that is gone (a waiter keeps its own lock reference)."""
+        self.locks.pop((namespace, name), None)
+        handle = self.wakeups.pop((namespace, name), None)
+        if handle is not None:
+            handle.cancel()
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
@@ -124,7 +144,7 @@ async def reconcile_quietly(context: Context, namespace: str, name: str) -> None
         await reconcile(context, namespace, name)
     except (kopf.TemporaryError, kopf.PermanentError) as error:
         logger.debug("reconcile %s/%s: %s", namespace, name, error)
-    except (ApiError, OSError, TimeoutError) as error:
+    except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
         logger.warning("reconcile %s/%s failed: %s", namespace, name, error)
 
 
@@ -133,6 +153,7 @@ async def reconcile(context: Context, namespace: str, name: str) -> None:
     async with context.lock(namespace, name):
         body = await context.client.get(job_path(namespace, name))
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            context.forget(namespace, name)
             return
         try:
             await _reconcile(context, body)
@@ -152,18 +173,15 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
         await _apply_ttl(context, body, now)
         return
 
-    metadata = body.get("metadata") or {}
-    manifest = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        # Only what identifies the job: annotations kopf writes must not defeat the cache.
-        "metadata": {k: metadata[k] for k in ("name", "namespace", "uid") if k in metadata},
-        "spec": body.get("spec"),
-    }
     try:
-        job = context.parse(manifest)
+        job = context.parse(manifest_of(body))
     except InvalidSpec as error:
         message = "; ".join(str(p) for p in error.problems)
+        if status.get("rayJobName"):
+            # An edit broke a job that already runs: the edit is refused (the handler posts a
+            # Warning), and the job keeps following the RayJob built from its earlier spec.
+            await _follow_only(context, body, status["rayJobName"])
+            return
         await _write(context, body, Observation(Phase.FAILED, "InvalidSpec", message))
         raise kopf.PermanentError(f"invalid spec: {message}") from error
 
@@ -226,6 +244,22 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
         context.wake_later(namespace, job.metadata.name, left)
     if update.get("completionTime"):
         await _apply_ttl(context, {**body, "status": {**status, **update}}, now)
+
+
+async def _follow_only(context: Context, body: Mapping[str, Any], rayjob_name: str) -> None:
+    """Mirror the RayJob's status alone, for a job whose current spec cannot be used."""
+    namespace = body["metadata"].get("namespace") or "default"
+    rayjob = await context.client.get(rayjob_path(namespace, rayjob_name))
+    if rayjob is None:
+        return
+    rayjob_status = rayjob.get("status") or {}
+    await _write(
+        context,
+        body,
+        phase_from_rayjob(rayjob_status),
+        rayjob=rayjob,
+        attempts=attempts_from_rayjob(rayjob_status),
+    )
 
 
 async def _apply_spec(

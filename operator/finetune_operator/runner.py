@@ -8,6 +8,7 @@ import threading
 from collections.abc import Collection
 from typing import Any
 
+import aiohttp
 import kopf
 
 from finetune_operator import api
@@ -57,8 +58,11 @@ async def resync_forever(context: Context, namespaces: Collection[str]) -> None:
         await asyncio.sleep(context.settings.resync_seconds)
         try:
             await resync_once(context, namespaces)
-        except (ApiError, OSError, TimeoutError) as error:
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
             logger.warning("resync failed: %s", error)
+        except Exception:
+            # The safety net must outlive any one bad object: log it loudly and go on.
+            logger.exception("resync failed unexpectedly")
 
 
 async def resync_once(context: Context, namespaces: Collection[str]) -> None:

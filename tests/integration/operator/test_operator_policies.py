@@ -125,3 +125,16 @@ async def test_spec_edited_while_suspended_applies_on_resume(cluster: Cluster, o
     assert "SpecApplied" in {e["reason"] for e in cluster.events("edited")}
     assert cluster.get(RAYJOBS, "edited")["spec"]["suspend"] is True
     assert cluster.creations(RAYJOBS) == 1
+
+
+async def test_invalid_edit_of_a_running_job_is_refused(cluster: Cluster, operator) -> None:
+    await running_job(cluster, "broken")
+    await cluster.patch_job_spec("broken", {"dataset": {"train": {"format": "csv"}}})
+    event = await eventually(
+        lambda: [e for e in cluster.events("broken") if e["reason"] == "SpecChangeRefused"]
+    )
+    assert "spec.dataset.train.format" in event[0]["message"]
+    # The job keeps following its RayJob, built from the earlier, valid spec.
+    await cluster.set_rayjob_status("broken", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    await eventually(lambda: cluster.status("broken").get("phase") == "Succeeded")
+    assert cluster.status("broken")["observedGeneration"] == 1

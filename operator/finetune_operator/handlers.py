@@ -33,16 +33,19 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     backoff = context.settings.retry_seconds
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def log_in(**_: Any) -> kopf.ConnectionInfo:
         return login()
 
-    @kopf.on.create(*FINETUNEJOBS, registry=registry, backoff=backoff)
-    @kopf.on.resume(*FINETUNEJOBS, registry=registry, backoff=backoff)
+    # Short ids: kopf names its progress annotations after them (finetune.io/<id>).
+    @kopf.on.create(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
+    @kopf.on.resume(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
     async def start_or_resume_job(name: str, namespace: str | None, **_: Any) -> None:
         await reconcile(context, namespace or "default", name)
 
-    @kopf.on.update(*FINETUNEJOBS, field="spec", registry=registry, backoff=backoff)
+    @kopf.on.update(
+        *FINETUNEJOBS, id="spec-change", field="spec", registry=registry, backoff=backoff
+    )
     async def apply_spec_change(
         name: str,
         namespace: str | None,
@@ -60,7 +63,7 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
                 message=f"the edited spec is invalid and has no effect: {problems}",
             )  # fmt: skip
         refused = immutable.refused_changes(old, new, current_phase(status))
-        if refused:
+        if refused and not problems:
             message = (
                 f"{', '.join(refused)} cannot change while the job is "
                 f"{status.get('phase')}; only spec.runPolicy can. The change has no effect: "
@@ -73,7 +76,9 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
             )  # fmt: skip
         await reconcile(context, namespace or "default", name)
 
-    @kopf.on.event(*RAYJOBS, labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry)
+    @kopf.on.event(
+        *RAYJOBS, id="follow-rayjob", labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry
+    )
     async def follow_rayjob(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         job_name = body.metadata.labels.get(naming.JOB_LABEL)
         if job_name:

@@ -8,10 +8,11 @@ from typing import Any
 import kopf
 
 from finetune_operator import api, naming
+from finetune_operator.context import Context
 from finetune_operator.events import post_event
 from finetune_operator.kube import Login
 from finetune_operator.policies import immutable
-from finetune_operator.reconcile import Context, manifest_of, reconcile, reconcile_quietly
+from finetune_operator.reconcile import manifest_of, reconcile, reconcile_quietly
 from finetune_operator.status import current_phase
 from finetune_operator.validation import InvalidSpec
 

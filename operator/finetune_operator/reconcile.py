@@ -8,10 +8,7 @@ as success, and status is written only when a field that matters changed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,13 +18,13 @@ import yaml
 
 from finetune_operator import api, builders, naming, timeutil
 from finetune_operator.api import Phase
+from finetune_operator.context import Context
 from finetune_operator.events import post_event
 from finetune_operator.kube import ApiError, KubeClient, object_path
 from finetune_operator.phases import Observation, attempts_from_rayjob, phase_from_rayjob
 from finetune_operator.policies import deadline, immutable, suspend, ttl
-from finetune_operator.settings import Settings
 from finetune_operator.status import current_phase, status_update
-from finetune_operator.validation import InvalidSpec, parse_job
+from finetune_operator.validation import InvalidSpec
 
 logger = logging.getLogger(__name__)
 
@@ -66,76 +63,24 @@ class NameConflict(Exception):
     """A child's name is taken by an object this job does not own."""
 
 
-@dataclasses.dataclass
-class Context:
-    """What every reconcile needs: settings, the API client and per-job bookkeeping."""
+def wake_later(context: Context, namespace: str, name: str, delay: float) -> None:
+    """Reconcile the job again after `delay` seconds (for TTLs and deadlines)."""
+    loop = asyncio.get_running_loop()
+    key = (namespace, name)
+    due = loop.time() + max(delay, 0.0)
+    current = context.wakeups.get(key)
+    if current is not None and not current.cancelled() and current.when() <= due:
+        return
+    if current is not None:
+        current.cancel()
 
-    settings: Settings
-    client: KubeClient
-    locks: dict[tuple[str, str], asyncio.Lock] = dataclasses.field(default_factory=dict)
-    wakeups: dict[tuple[str, str], asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
-    # Strong references to running wake-up tasks: the loop keeps only weak ones.
-    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
-    kuberay_seen_at: float | None = None
-    # Validation evaluates every CEL rule (tens of milliseconds); a spec is checked once.
-    parsed: OrderedDict[str, api.FineTuneJob | InvalidSpec] = dataclasses.field(
-        default_factory=OrderedDict
-    )
+    def wake() -> None:
+        context.wakeups.pop(key, None)
+        task = loop.create_task(reconcile_quietly(context, namespace, name))
+        context.tasks.add(task)
+        task.add_done_callback(context.tasks.discard)
 
-    def parse(self, manifest: dict[str, Any]) -> api.FineTuneJob:
-        """parse_job with a small cache keyed by the manifest's content."""
-        key = json.dumps(manifest, sort_keys=True, default=str)
-        result = self.parsed.get(key)
-        if result is None:
-            try:
-                result = parse_job(manifest)
-            except InvalidSpec as error:
-                result = error
-            self.parsed[key] = result
-            while len(self.parsed) > 4096:
-                self.parsed.popitem(last=False)
-        if isinstance(result, InvalidSpec):
-            raise result
-        return result.model_copy(deep=True)
-
-    def forget(self, namespace: str, name: str) -> None:
-        """Drop the bookkeeping of a job that is gone (a waiter keeps its own lock reference)."""
-        self.locks.pop((namespace, name), None)
-        handle = self.wakeups.pop((namespace, name), None)
-        if handle is not None:
-            handle.cancel()
-
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self.locks.setdefault((namespace, name), asyncio.Lock())
-
-    def wake_later(self, namespace: str, name: str, delay: float) -> None:
-        """Reconcile the job again after `delay` seconds (for TTLs and deadlines)."""
-        loop = asyncio.get_running_loop()
-        key = (namespace, name)
-        due = loop.time() + max(delay, 0.0)
-        current = self.wakeups.get(key)
-        if current is not None and not current.cancelled() and current.when() <= due:
-            return
-        if current is not None:
-            current.cancel()
-
-        def wake() -> None:
-            self.wakeups.pop(key, None)
-            task = loop.create_task(reconcile_quietly(self, namespace, name))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-        self.wakeups[key] = loop.call_at(due, wake)
-
-    async def kuberay_served(self) -> bool:
-        """Whether ray.io/v1 rayjobs is served; a positive answer is trusted for a minute."""
-        loop = asyncio.get_running_loop()
-        if self.kuberay_seen_at is not None and loop.time() - self.kuberay_seen_at < 60:
-            return True
-        if await self.client.serves("ray.io", "v1", "rayjobs"):
-            self.kuberay_seen_at = loop.time()
-            return True
-        return False
+    context.wakeups[key] = loop.call_at(due, wake)
 
 
 async def reconcile_quietly(context: Context, namespace: str, name: str) -> None:
@@ -172,23 +117,55 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
     if phase is not None and phase.is_terminal():
         await _apply_ttl(context, body, now)
         return
-
-    try:
-        job = context.parse(manifest_of(body))
-    except InvalidSpec as error:
-        message = "; ".join(str(p) for p in error.problems)
-        if status.get("rayJobName"):
-            # An edit broke a job that already runs: the edit is refused (the handler posts a
-            # Warning), and the job keeps following the RayJob built from its earlier spec.
-            await _follow_only(context, body, status["rayJobName"])
-            return
-        await _write(context, body, Observation(Phase.FAILED, "InvalidSpec", message))
-        raise kopf.PermanentError(f"invalid spec: {message}") from error
-
+    job = await _parse(context, body)
+    if job is None:
+        return
     if not await context.kuberay_served():
         await _write(context, body, Observation(Phase.PENDING, "KubeRayMissing", KUBERAY_MISSING))
         raise kopf.TemporaryError(KUBERAY_MISSING, delay=context.settings.kuberay_retry_seconds)
+    configmap, rayjob = await _ensure_children(context, body, job)
+    await _sync_suspend(context, body, rayjob, job.spec.run_policy.suspend)
+    observation = await _observe(context, job, rayjob, status.get("startTime"), now)
+    rayjob, accepted = await _spec_in_effect(context, body, job, configmap, rayjob, observation)
+    update = await _write(
+        context,
+        body,
+        observation,
+        generation=body.get("metadata", {}).get("generation") if accepted else None,
+        rayjob=rayjob,
+        rayjob_name=rayjob["metadata"]["name"],
+        attempts=attempts_from_rayjob(rayjob.get("status")),
+    )
+    new_status = {**status, **update}
+    left = deadline.seconds_left(
+        new_status.get("startTime"), job.spec.run_policy.active_deadline_seconds, now
+    )
+    if left is not None and left > 0 and not observation.phase.is_terminal():
+        wake_later(context, job.metadata.namespace or "default", job.metadata.name, left)
+    if update.get("completionTime"):
+        await _apply_ttl(context, {**body, "status": new_status}, now)
 
+
+async def _parse(context: Context, body: dict[str, Any]) -> api.FineTuneJob | None:
+    """The typed job; None when its spec is invalid and that has been dealt with."""
+    try:
+        return context.parse(manifest_of(body))
+    except InvalidSpec as error:
+        message = "; ".join(str(p) for p in error.problems)
+        rayjob_name = (body.get("status") or {}).get("rayJobName")
+        if rayjob_name:
+            # An edit broke a job that already runs: the edit is refused (the handler posts a
+            # Warning), and the job keeps following the RayJob built from its earlier spec.
+            await _follow_only(context, body, rayjob_name)
+            return None
+        await _write(context, body, Observation(Phase.FAILED, "InvalidSpec", message))
+        raise kopf.PermanentError(f"invalid spec: {message}") from error
+
+
+async def _ensure_children(
+    context: Context, body: dict[str, Any], job: api.FineTuneJob
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ConfigMap and the RayJob, found or created; a foreign namesake fails the job."""
     namespace = job.metadata.namespace or "default"
     try:
         configmap = await ensure_child(
@@ -203,47 +180,52 @@ async def _reconcile(context: Context, body: dict[str, Any]) -> None:
     except NameConflict as conflict:
         await _write(context, body, Observation(Phase.FAILED, "NameConflict", str(conflict)))
         raise kopf.PermanentError(str(conflict)) from conflict
+    return configmap, rayjob
 
-    rayjob_status = rayjob.get("status") or {}
-    await _sync_suspend(context, body, rayjob, job.spec.run_policy.suspend)
+
+async def _observe(
+    context: Context,
+    job: api.FineTuneJob,
+    rayjob: dict[str, Any],
+    start_time: str | None,
+    now: Any,
+) -> Observation:
+    """The job's phase from its RayJob, with the suspend and deadline policies applied."""
+    policy = job.spec.run_policy
     observation = suspend.apply_suspend(
-        phase_from_rayjob(rayjob_status), suspend=job.spec.run_policy.suspend
+        phase_from_rayjob(rayjob.get("status")), suspend=policy.suspend
     )
+    left = deadline.seconds_left(start_time, policy.active_deadline_seconds, now)
+    if policy.active_deadline_seconds is None or left is None or left > 0:
+        return observation
+    if observation.phase.is_terminal():
+        return observation
+    # Stop the Ray cluster now rather than wait for KubeRay's own clock.
+    namespace = job.metadata.namespace or "default"
+    await context.client.delete(rayjob_path(namespace, rayjob["metadata"]["name"]))
+    return deadline.deadline_observation(policy.active_deadline_seconds)
 
-    limit = job.spec.run_policy.active_deadline_seconds
-    left = deadline.seconds_left(status.get("startTime"), limit, now)
-    deadline_passed = left is not None and left <= 0 and not observation.phase.is_terminal()
-    if limit is not None and deadline_passed:
-        observation = deadline.deadline_observation(limit)
-        # Stop the Ray cluster now rather than wait for KubeRay's own clock.
-        await context.client.delete(rayjob_path(namespace, rayjob["metadata"]["name"]))
 
-    # The children carry the spec they were built from; an edit since then takes effect only
-    # while the RayJob is suspended. A refused edit is not acted on: its generation is not
-    # observed.
-    in_effect = (yaml.safe_load(configmap.get("data", {}).get(naming.SPEC_KEY) or "{}") or {}).get(
-        "spec"
-    )
-    changed = immutable.changed_fields(in_effect, job.spec.to_wire())
-    if changed and not deadline_passed and immutable.can_apply_now(rayjob):
-        rayjob = await _apply_spec(context, body, job, changed)
-        changed = []
-    generation = None if changed else body.get("metadata", {}).get("generation")
-    update = await _write(
-        context,
-        body,
-        observation,
-        generation=generation,
-        rayjob=rayjob,
-        rayjob_name=rayjob["metadata"]["name"],
-        attempts=attempts_from_rayjob(rayjob_status),
-    )
-    started = update.get("startTime") or status.get("startTime")
-    left = deadline.seconds_left(started, limit, now)
-    if left is not None and left > 0 and not observation.phase.is_terminal():
-        context.wake_later(namespace, job.metadata.name, left)
-    if update.get("completionTime"):
-        await _apply_ttl(context, {**body, "status": {**status, **update}}, now)
+async def _spec_in_effect(
+    context: Context,
+    body: dict[str, Any],
+    job: api.FineTuneJob,
+    configmap: dict[str, Any],
+    rayjob: dict[str, Any],
+    observation: Observation,
+) -> tuple[dict[str, Any], bool]:
+    """The RayJob, and whether the job's current spec is the one its children carry.
+
+    An edit since the children were built takes effect only while the RayJob is suspended;
+    otherwise it is refused, not acted on, and its generation is not observed.
+    """
+    carried = yaml.safe_load(configmap.get("data", {}).get(naming.SPEC_KEY) or "{}") or {}
+    changed = immutable.changed_fields(carried.get("spec"), job.spec.to_wire())
+    if not changed:
+        return rayjob, True
+    if observation.phase.is_terminal() or not immutable.can_apply_now(rayjob):
+        return rayjob, False
+    return await _apply_spec(context, body, job, changed), True
 
 
 async def _follow_only(context: Context, body: Mapping[str, Any], rayjob_name: str) -> None:
@@ -358,7 +340,7 @@ async def _apply_ttl(context: Context, body: Mapping[str, Any], now: Any) -> Non
     metadata = body["metadata"]
     namespace = metadata.get("namespace") or "default"
     if left > 0:
-        context.wake_later(namespace, metadata["name"], left)
+        wake_later(context, namespace, metadata["name"], left)
         return
     # Children go with it: their ownerReferences let the garbage collector remove them.
     if await context.client.delete(job_path(namespace, metadata["name"])):

@@ -12,9 +12,10 @@ import aiohttp
 import kopf
 
 from finetune_operator import api
+from finetune_operator.context import Context
 from finetune_operator.handlers import build_registry
 from finetune_operator.kube import ApiError, KubeClient, Login, object_path
-from finetune_operator.reconcile import Context, reconcile_quietly
+from finetune_operator.reconcile import reconcile_quietly
 from finetune_operator.settings import Settings
 from finetune_operator.status import current_phase
 from finetune_operator.validation import parse_job

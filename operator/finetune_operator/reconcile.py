@@ -63,6 +63,10 @@ class NameConflict(Exception):
     """A child's name is taken by an object this job does not own."""
 
 
+class PredecessorPending(Exception):
+    """A child's name is still held by the child of an earlier job of the same name."""
+
+
 def wake_later(context: Context, namespace: str, name: str, delay: float) -> None:
     """Reconcile the job again after `delay` seconds (for TTLs and deadlines)."""
     loop = asyncio.get_running_loop()
@@ -180,6 +184,11 @@ async def _ensure_children(
     except NameConflict as conflict:
         await _write(context, body, Observation(Phase.FAILED, "NameConflict", str(conflict)))
         raise kopf.PermanentError(str(conflict)) from conflict
+    except PredecessorPending as waiting:
+        await _write(
+            context, body, Observation(Phase.PENDING, "PreviousJobTerminating", str(waiting))
+        )
+        raise kopf.TemporaryError(str(waiting), delay=context.settings.retry_seconds) from waiting
     return configmap, rayjob
 
 
@@ -288,12 +297,31 @@ async def ensure_child(
                 f"{desired['kind']} {name} vanished after a conflict", delay=1
             )
     if not is_owned_by(existing, job):
+        if is_left_by_predecessor(existing, job):
+            raise PredecessorPending(
+                f"the {desired['kind']} {name} of an earlier FineTuneJob named "
+                f"{job.metadata.name} is still being deleted; this job starts once it is gone"
+            )
         raise NameConflict(
             f"a {desired['kind']} named {name} already exists in namespace "
             f"{job.metadata.namespace} and is not owned by this FineTuneJob; the operator "
             "never adopts or overwrites it: delete it or rename the FineTuneJob"
         )
     return existing
+
+
+def is_left_by_predecessor(obj: Mapping[str, Any], job: api.FineTuneJob) -> bool:
+    """A child of a deleted job of the same name, which the garbage collector will remove
+    (`kubectl delete` then `apply` of the same file is common)."""
+    metadata = obj.get("metadata") or {}
+    if metadata.get("deletionTimestamp"):
+        return True
+    return any(
+        ref.get("kind") == api.KIND
+        and ref.get("controller")
+        and ref.get("name") == job.metadata.name
+        for ref in metadata.get("ownerReferences") or []
+    )
 
 
 def is_owned_by(obj: Mapping[str, Any], job: api.FineTuneJob) -> bool:

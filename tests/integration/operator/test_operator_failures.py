@@ -154,3 +154,36 @@ async def test_restart_keeps_status_and_children(cluster: Cluster) -> None:
     assert cluster.creations(RAYJOBS) == 1
     assert cluster.creations("v1/configmaps") == 1
     assert cluster.names(FINETUNEJOBS) == ["steady"]
+
+
+async def test_rayjob_of_a_deleted_namesake_is_waited_for(cluster: Cluster, operator) -> None:
+    cluster.install_kuberay()
+    leftover = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {
+            "name": "again",
+            "namespace": "default",
+            "ownerReferences": [
+                {"apiVersion": "finetune.io/v1alpha1", "kind": "FineTuneJob", "name": "again",
+                 "uid": "uid-of-the-deleted-job", "controller": True},
+            ],
+        },
+        "spec": {"entrypoint": "finetune run /etc/finetune/job.yaml"},
+    }  # fmt: skip
+    await cluster.send("POST", "/apis/ray.io/v1/namespaces/default/rayjobs", leftover)
+    job = make_finetunejob("again")
+    await cluster.apply_job(job)
+
+    await eventually(lambda: cluster.status("again").get("reason") == "PreviousJobTerminating")
+    assert cluster.status("again")["phase"] == "Pending"
+
+    # The garbage collector removes the old RayJob; the new job proceeds by itself.
+    await cluster.send("DELETE", "/apis/ray.io/v1/namespaces/default/rayjobs/again")
+    rayjob = await eventually(
+        lambda: (cluster.get(RAYJOBS, "again") or {}).get("spec", {}).get("rayClusterSpec"),
+        what="the new RayJob",
+    )
+    assert rayjob
+    owner = cluster.get(RAYJOBS, "again")["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == job["metadata"]["uid"]

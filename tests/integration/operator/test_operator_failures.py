@@ -6,6 +6,8 @@ import asyncio
 
 import kmock
 import pytest
+from finetune_operator.builders import build_rayjob
+from finetune_operator.validation import parse_job
 from operator_cluster import (
     FINETUNEJOBS,
     RAYJOBS,
@@ -187,3 +189,31 @@ async def test_rayjob_of_a_deleted_namesake_is_waited_for(cluster: Cluster, oper
     assert rayjob
     owner = cluster.get(RAYJOBS, "again")["metadata"]["ownerReferences"][0]
     assert owner["uid"] == job["metadata"]["uid"]
+
+
+async def test_409_for_our_own_rayjob_counts_as_created(cluster: Cluster, operator) -> None:
+    cluster.install_kuberay()
+    job = make_finetunejob("raced")
+    # An earlier attempt already created the RayJob, but the lookup misses it once (a stale
+    # cache or a slow replica), so the create answers 409 Conflict.
+    ours = build_rayjob(parse_job(job), TEST_SETTINGS)
+    await cluster.send("POST", "/apis/ray.io/v1/namespaces/default/rayjobs", ours)
+    missed = []
+
+    def not_found_once() -> object:
+        if missed:
+            return None
+        missed.append(True)
+        return kmock.KubernetesNotFoundError()
+
+    cluster.emulator[kmock.method.GET, kmock.resource(RAYJOBS), kmock.name("raced")] << (
+        not_found_once
+    )
+    await cluster.apply_job(job)
+
+    status = await eventually(lambda: cluster.status("raced").get("rayJobName") and True)
+    assert status
+    assert missed == [True]
+    assert cluster.creations(RAYJOBS) == 2  # ours above, and the operator's one 409
+    assert cluster.names(RAYJOBS) == ["raced"]
+    assert cluster.status("raced")["phase"] == "Pending"

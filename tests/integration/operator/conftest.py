@@ -30,5 +30,6 @@ async def operator(cluster: Cluster) -> AsyncIterator[RunningOperator]:
 
 
 @pytest.fixture
-def job_factory() -> Callable[..., dict[str, Any]]:
+def finetunejob_factory() -> Callable[..., dict[str, Any]]:
+    """make_finetunejob(name, section__field=value, ...): a valid manifest as stored."""
     return make_finetunejob

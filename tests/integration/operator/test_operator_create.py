@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually, make_finetunejob
+from operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually
 
 pytestmark = pytest.mark.integration
 
 
-async def test_create_makes_configmap_and_rayjob(cluster: Cluster, operator) -> None:
+async def test_create_makes_configmap_and_rayjob(
+    cluster: Cluster, operator, finetunejob_factory
+) -> None:
     cluster.install_kuberay()
-    job = make_finetunejob("llama", resources__workers=2, runPolicy__queueName="team-a")
+    job = finetunejob_factory("llama", resources__workers=2, runPolicy__queueName="team-a")
     await cluster.apply_job(job)
 
     rayjob = await eventually(lambda: cluster.get(RAYJOBS, "llama"), what="the RayJob")

@@ -1,0 +1,88 @@
+"""Thin kopf handlers: each one names when it runs and hands the job to `reconcile`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from finetune_operator import api, naming
+from finetune_operator.context import Context
+from finetune_operator.events import post_event
+from finetune_operator.kube import Login
+from finetune_operator.policies import immutable
+from finetune_operator.reconcile import manifest_of, reconcile, reconcile_quietly
+from finetune_operator.status import current_phase
+from finetune_operator.validation import InvalidSpec
+
+RAYJOBS = ("ray.io", "v1", "rayjobs")
+FINETUNEJOBS = (api.GROUP, api.VERSION, api.PLURAL)
+
+
+def invalid_spec_problems(context: Context, body: kopf.Body) -> str:
+    """The problems of the job's current spec ("" when it is valid)."""
+    try:
+        context.parse(manifest_of(dict(body)))
+    except InvalidSpec as error:
+        return "; ".join(str(p) for p in error.problems)
+    return ""
+
+
+def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
+    """A registry with every handler of the operator, bound to one Context."""
+    registry = kopf.OperatorRegistry()
+    backoff = context.settings.retry_seconds
+
+    @kopf.on.login(id="login", registry=registry)
+    def log_in(**_: Any) -> kopf.ConnectionInfo:
+        return login()
+
+    # Short ids: kopf names its progress annotations after them (finetune.io/<id>).
+    @kopf.on.create(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
+    @kopf.on.resume(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
+    async def start_or_resume_job(name: str, namespace: str | None, **_: Any) -> None:
+        await reconcile(context, namespace or "default", name)
+
+    @kopf.on.update(
+        *FINETUNEJOBS, id="spec-change", field="spec", registry=registry, backoff=backoff
+    )
+    async def apply_spec_change(
+        name: str,
+        namespace: str | None,
+        old: Any,
+        new: Any,
+        status: kopf.Status,
+        body: kopf.Body,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        **_: Any,
+    ) -> None:
+        problems = invalid_spec_problems(context, body)
+        if problems and status.get("rayJobName"):
+            await post_event(
+                context.client, dict(body), type_="Warning", reason="SpecChangeRefused",
+                message=f"the edited spec is invalid and has no effect: {problems}",
+            )  # fmt: skip
+        refused = immutable.refused_changes(old, new, current_phase(status))
+        if refused and not problems:
+            message = (
+                f"{', '.join(refused)} cannot change while the job is "
+                f"{status.get('phase')}; only spec.runPolicy can. The change has no effect: "
+                "suspend the job first, or create a new FineTuneJob"
+            )
+            logger.warning(message)
+            await post_event(
+                context.client, dict(body), type_="Warning", reason="SpecChangeRefused",
+                message=message,
+            )  # fmt: skip
+        await reconcile(context, namespace or "default", name)
+
+    @kopf.on.event(
+        *RAYJOBS, id="follow-rayjob", labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry
+    )
+    async def follow_rayjob(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        job_name = body.metadata.labels.get(naming.JOB_LABEL)
+        if job_name:
+            await reconcile_quietly(context, namespace or "default", job_name)
+
+    return registry

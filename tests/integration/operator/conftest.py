@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from operator_cluster import (
+
+from tests.integration.operator.operator_cluster import (
     TEST_SETTINGS,
     Cluster,
     RunningOperator,

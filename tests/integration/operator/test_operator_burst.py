@@ -7,7 +7,8 @@ import dataclasses
 import time
 
 import pytest
-from operator_cluster import (
+
+from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
     RAYJOBS,
     TEST_SETTINGS,

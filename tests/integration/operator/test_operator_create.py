@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually
+
+from tests.integration.operator.operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually
 
 pytestmark = pytest.mark.integration
 

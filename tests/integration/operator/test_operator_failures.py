@@ -8,7 +8,8 @@ import kmock
 import pytest
 from finetune_operator.builders import build_rayjob
 from finetune_operator.validation import parse_job
-from operator_cluster import (
+
+from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
     RAYJOBS,
     TEST_SETTINGS,

@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from operator_cluster import RAYJOBS, Cluster, OperatorProcess, eventually, make_finetunejob
+
+from tests.integration.operator.operator_cluster import (
+    RAYJOBS,
+    Cluster,
+    OperatorProcess,
+    eventually,
+    make_finetunejob,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from operator_cluster import RAYJOBS, Cluster, eventually, make_finetunejob
+
+from tests.integration.operator.operator_cluster import (
+    RAYJOBS,
+    Cluster,
+    eventually,
+    make_finetunejob,
+)
 
 pytestmark = pytest.mark.integration
 

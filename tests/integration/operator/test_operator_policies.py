@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 import yaml
-from operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually, make_finetunejob
+
+from tests.integration.operator.operator_cluster import (
+    FINETUNEJOBS,
+    RAYJOBS,
+    Cluster,
+    eventually,
+    make_finetunejob,
+)
 
 pytestmark = pytest.mark.integration
 

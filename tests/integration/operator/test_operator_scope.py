@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from operator_cluster import (
+
+from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
     RAYJOBS,
     TEST_SETTINGS,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from finetune_operator import api
-from operator_unit_support import make_finetunejob, make_job
+
+from tests.unit.operator.operator_unit_support import make_finetunejob, make_job
 
 
 @pytest.fixture

@@ -11,7 +11,14 @@ from finetune_operator import naming
 from finetune_operator.builders import build_configmap, build_rayjob
 from finetune_operator.settings import Settings
 from finetune_operator.validation import load_job_file
-from operator_unit_support import ROOT, make_job, pruned_fields, rayjob_schema, schema_errors
+
+from tests.unit.operator.operator_unit_support import (
+    ROOT,
+    make_job,
+    pruned_fields,
+    rayjob_schema,
+    schema_errors,
+)
 
 SETTINGS = Settings(trainer_image="registry.local/trainer:1")
 

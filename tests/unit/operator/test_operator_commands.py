@@ -10,7 +10,13 @@ import yaml
 from finetune_operator import main as operator_main
 from finetune_operator.render import render_children
 from finetune_operator.settings import Settings
-from operator_unit_support import make_finetunejob, pruned_fields, rayjob_schema, schema_errors
+
+from tests.unit.operator.operator_unit_support import (
+    make_finetunejob,
+    pruned_fields,
+    rayjob_schema,
+    schema_errors,
+)
 
 
 def write_job(folder: Path, document: dict) -> Path:

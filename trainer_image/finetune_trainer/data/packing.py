@@ -39,7 +39,7 @@ def build_rows(
             pieces = [] if policy == "drop" else _cut(document, limit, policy == "chunk")
         documents += [_mask_first(p) for p in pieces if p.loss_tokens > 0]
     rows = _pack(documents, limit) if dataset.packing else [_row([d]) for d in documents]
-    return rows, _stats(rows, documents, overlength)
+    return rows, _stats(rows, documents, overlength, limit)
 
 
 def _cut(document: Document, limit: int, chunk: bool) -> list[Document]:
@@ -80,12 +80,12 @@ def _row(documents: list[Document]) -> dict:
     return row
 
 
-def _stats(rows: list[dict], documents: list[Document], overlength: dict[str, int]) -> dict:
+def _stats(rows: list[dict], documents: list[Document], overlength: dict[str, int],
+           limit: int) -> dict:  # fmt: skip
     tokens = sum(len(r["input_ids"]) for r in rows)
-    # Padding as collate_rows will add it when batching rows of unequal length: measured
-    # against the longest row, the worst case for one batch holding every row.
-    longest = max((len(r["input_ids"]) for r in rows), default=0)
-    capacity = longest * len(rows)
+    # Share of the rows' maxSeqLength slots left empty: what fixed-length batches would
+    # spend on padding. Dynamic padding to the longest row of a batch wastes less.
+    capacity = limit * len(rows)
     return {
         "tokens": tokens,
         "loss_tokens": sum(d.loss_tokens for d in documents),

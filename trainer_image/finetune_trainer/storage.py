@@ -110,7 +110,7 @@ def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -
     remote = s3_url(location)
     target = cache_dir / location.bucket / location.path
     if fs.isdir(remote):
-        for key in sorted(fs.find(remote)):
+        for key in sorted(k.lstrip("/") for k in fs.find(remote)):
             relative = key[len(remote) :].lstrip("/")
             _download(fs, key, target / relative)
         return target

@@ -1,79 +1,28 @@
-"""Fixtures for the data stage: job factories, JSONL writers and a tiny tokenizer/model."""
+"""Fixtures for the data stage: job factories and a tiny tokenizer/model built once."""
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from data_helpers import QUICKSTART_DATA
+from data_helpers import make_job as _make_job
+from data_helpers import make_spec as _make_spec
 from finetune_operator import api
-from finetune_operator.validation import parse_job
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-QUICKSTART_DATA = REPO_ROOT / "examples" / "quickstart" / "data" / "train.jsonl"
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def make_job(**overrides: Any) -> dict[str, Any]:
-    """A valid FineTuneJob manifest; keyword arguments deep-merge into spec (camelCase)."""
-    job = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": "data-test"},
-        "spec": {
-            "model": {"source": "./model"},
-            "dataset": {"train": {"source": "train.jsonl", "format": "messages"}},
-            "output": {"destination": "./out"},
-        },
-    }
-    _merge(job["spec"], copy.deepcopy(overrides))
-    return job
-
-
-def make_spec(**overrides: Any) -> api.FineTuneJobSpec:
-    """The typed spec of make_job(**overrides), validated like `finetune validate` does."""
-    return parse_job(make_job(**overrides)).spec
 
 
 @pytest.fixture
-def job_factory() -> Callable[..., dict[str, Any]]:
-    return make_job
+def make_job() -> Callable[..., dict[str, Any]]:
+    """Factory: make_job(**overrides) -> a valid manifest, overrides deep-merged into spec."""
+    return _make_job
 
 
 @pytest.fixture
-def spec_factory() -> Callable[..., api.FineTuneJobSpec]:
-    return make_spec
-
-
-def write_jsonl(path: Path, records: list[Any]) -> Path:
-    """Records as JSONL; a str item is written verbatim (to plant malformed lines)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def chat(question: str, answer: str, system: str | None = None) -> dict[str, Any]:
-    turns = [{"role": "system", "content": system}] if system else []
-    turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return {"messages": turns}
-
-
-def arithmetic_records(count: int, start: int = 0) -> list[dict[str, Any]]:
-    """Distinct, realistic chat records."""
-    return [chat(f"What is {i} plus {i + 1}?", f"{i} plus {i + 1} is {2 * i + 1}.")
-            for i in range(start, start + count)]  # fmt: skip
+def make_spec() -> Callable[..., api.FineTuneJobSpec]:
+    """Factory: make_spec(**overrides) -> the validated spec of make_job(**overrides)."""
+    return _make_spec
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +38,22 @@ def tiny_tokenizer(tiny_model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline mode as a pod gets it from HF_HUB_OFFLINE=1 set before start.
+
+    The libraries read the variable once at import, so the constants are set too, and the
+    cache points to an empty folder so nothing cached on this machine is found.
+    """
+    import datasets
+    import huggingface_hub
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-home" / "datasets")

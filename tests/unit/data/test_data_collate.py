@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import chat, make_spec
+from data_helpers import chat, make_spec
 from finetune_trainer.data import build_rows, collate_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX
 
@@ -48,8 +48,11 @@ def test_packed_documents_do_not_see_each_other(tiny_tokenizer, tiny_model, atte
     ids = packed["input_ids"][0].tolist()
     len_a, len_b = alone_a["input_ids"].shape[1], alone_b["input_ids"].shape[1]
     # Packing puts the longer document first; find each document's slice in the row.
-    first, second = (alone_a, alone_b) if ids[:len_a] == alone_a["input_ids"][0].tolist() else (
-        alone_b, alone_a)  # fmt: skip
+    first, second = (
+        (alone_a, alone_b)
+        if ids[:len_a] == alone_a["input_ids"][0].tolist()
+        else (alone_b, alone_a)
+    )
     n_first = first["input_ids"].shape[1]
     packed_logits = logits(tiny_model, packed, attention)[0]
     first_logits = logits(tiny_model, first, attention)[0]
@@ -92,8 +95,9 @@ def test_padding_is_ignored_and_counted(tiny_tokenizer, tiny_model):
     alone = logits(tiny_model, collate_rows([rows[short]], pad))[0]
     assert torch.allclose(out[short, : min(lengths)], alone, atol=1e-5)
     # The loss transformers computes from this batch is finite.
-    loss = tiny_model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids",
-                                               "labels")}).loss  # fmt: skip
+    loss = tiny_model(
+        **{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")}
+    ).loss
     assert torch.isfinite(loss)
 
 
@@ -101,6 +105,9 @@ def test_mask_in_bf16_works_with_a_bf16_model(tiny_tokenizer, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
-    batch = collate_rows(rows_for(tiny_tokenizer, [A, B], packing=True),
-                         tiny_tokenizer.pad_token_id, mask_dtype=torch.bfloat16)  # fmt: skip
+    batch = collate_rows(
+        rows_for(tiny_tokenizer, [A, B], packing=True),
+        tiny_tokenizer.pad_token_id,
+        mask_dtype=torch.bfloat16,
+    )
     assert torch.isfinite(logits(model, batch).float()).all()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from conftest import chat, make_spec
+from data_helpers import chat, make_spec
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX, tokenize_record
 
@@ -24,8 +26,9 @@ def test_only_assistant_turns_carry_loss(tiny_tokenizer):
             {"role": "assistant", "content": "4 plus 4 is 8."},
         ]
     }
-    doc = tokenize_record(record, "messages", tiny_tokenizer, chat_template=None,
-                          train_on_prompt=False)  # fmt: skip
+    doc = tokenize_record(
+        record, "messages", tiny_tokenizer, chat_template=None, train_on_prompt=False
+    )
     assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == (
         "2 plus 3 is 5.<|im_end|>\n4 plus 4 is 8.<|im_end|>\n"
     )
@@ -36,8 +39,9 @@ def test_only_assistant_turns_carry_loss(tiny_tokenizer):
 
 def test_train_on_prompt_labels_every_token(tiny_tokenizer):
     record = chat("What is the capital of Peru?", "The capital of Peru is Lima.")
-    doc = tokenize_record(record, "messages", tiny_tokenizer, chat_template=None,
-                          train_on_prompt=True)  # fmt: skip
+    doc = tokenize_record(
+        record, "messages", tiny_tokenizer, chat_template=None, train_on_prompt=True
+    )
     assert doc.labels == doc.input_ids
 
 
@@ -47,8 +51,9 @@ def test_custom_chat_template_without_generation_markers(tiny_tokenizer):
         "{% if add_generation_prompt %}[assistant] {% endif %}"
     )
     record = chat("Reverse the word stone.", "stone reversed is enots.")
-    doc = tokenize_record(record, "messages", tiny_tokenizer, chat_template=template,
-                          train_on_prompt=False)  # fmt: skip
+    doc = tokenize_record(
+        record, "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
+    )
     assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == "stone reversed is enots.\n"
 
 
@@ -60,20 +65,27 @@ def test_template_that_rewrites_earlier_turns_still_masks_the_prompt(tiny_tokeni
         "{% if add_generation_prompt %}\nassistant: {% endif %}"
     )
     record = chat("What is 1 plus 1?", "1 plus 1 is 2.")
-    doc = tokenize_record(record, "messages", tiny_tokenizer, chat_template=template,
-                          train_on_prompt=False)  # fmt: skip
+    doc = tokenize_record(
+        record, "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
+    )
     assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == "1 plus 1 is 2."
 
 
 @pytest.mark.parametrize(
     ("fmt", "record", "learned"),
     [
-        ("alpaca", {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
-         "4<|im_end|>\n"),
-        ("preference", {"prompt": "Say hi.", "chosen": "Hello there.", "rejected": "Go away."},
-         "Hello there.<|im_end|>\n"),
+        (
+            "alpaca",
+            {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
+            "4<|im_end|>\n",
+        ),
+        (
+            "preference",
+            {"prompt": "Say hi.", "chosen": "Hello there.", "rejected": "Go away."},
+            "Hello there.<|im_end|>\n",
+        ),
     ],
-)  # fmt: skip
+)
 def test_alpaca_and_preference_learn_the_answer_only(tiny_tokenizer, fmt, record, learned):
     doc = tokenize_record(record, fmt, tiny_tokenizer, chat_template=None, train_on_prompt=False)
     assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == learned
@@ -81,8 +93,13 @@ def test_alpaca_and_preference_learn_the_answer_only(tiny_tokenizer, fmt, record
 
 
 def test_text_records_learn_every_token_and_end_with_eos(tiny_tokenizer):
-    doc = tokenize_record({"text": "The quick brown fox."}, "text", tiny_tokenizer,
-                          chat_template=None, train_on_prompt=False)  # fmt: skip
+    doc = tokenize_record(
+        {"text": "The quick brown fox."},
+        "text",
+        tiny_tokenizer,
+        chat_template=None,
+        train_on_prompt=False,
+    )
     assert doc.labels == doc.input_ids
     assert doc.input_ids[-1] == tiny_tokenizer.eos_token_id
 
@@ -100,8 +117,9 @@ def test_overlength_policies(tiny_tokenizer, policy, expected_rows, counted):
         dataset={"maxSeqLength": 64, "packing": False, "cleaning": {"overlength": policy}}
     ).dataset
     rows, stats = build_rows([LONG, SHORT], "messages", tiny_tokenizer, dataset)
-    full = tokenize_record(LONG, "messages", tiny_tokenizer, chat_template=None,
-                           train_on_prompt=False)  # fmt: skip
+    full = tokenize_record(
+        LONG, "messages", tiny_tokenizer, chat_template=None, train_on_prompt=False
+    )
     assert len(full.input_ids) > 64 * 3
     assert stats["overlength"][counted] == 1
     assert sum(stats["overlength"].values()) == 1
@@ -111,7 +129,7 @@ def test_overlength_policies(tiny_tokenizer, policy, expected_rows, counted):
         assert sum(len(r["input_ids"]) for r in rows) == len(full.input_ids) + len(
             tokenize_record(
                 SHORT, "messages", tiny_tokenizer, chat_template=None, train_on_prompt=False
-            ).input_ids  # fmt: skip
+            ).input_ids
         )
     else:
         assert len(rows) == expected_rows
@@ -147,7 +165,7 @@ def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
         for start in starts:  # a document's first token is never a loss target
             assert row["labels"][start] == IGNORE_INDEX
         bounds = [*starts, len(row["input_ids"])]
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in itertools.pairwise(bounds):
             assert row["position_ids"][start:end] == list(range(end - start))
     assert documents == len(records)
     assert packed_stats["padding_ratio"] < unpacked_stats["padding_ratio"]

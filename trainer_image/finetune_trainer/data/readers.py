@@ -92,7 +92,7 @@ def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> It
     fs = storage._s3_filesystem()
     remote = storage.s3_url(location)
     if fs.isdir(remote):
-        keys = sorted(k for k in fs.find(remote) if k.endswith(DATA_SUFFIXES))
+        keys = sorted(k.lstrip("/") for k in fs.find(remote) if k.endswith(DATA_SUFFIXES))
         if not keys:
             raise DataError(f"{uri}: prefix holds no {', '.join(DATA_SUFFIXES)} objects")
     elif fs.exists(remote):
@@ -219,7 +219,7 @@ def _hf_rows(uri: str, location: storage.Location, split: str) -> Iterator[dict[
     except (FileNotFoundError, ConnectionError, ValueError) as error:
         if isinstance(error, DataError):
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+        offline = datasets.config.HF_HUB_OFFLINE  # read from the environment at import
         hint = " (offline mode is on: put the dataset in the cache or in $FINETUNE_HF_MIRROR)"
         raise DataError(
             f"{uri}: cannot load split '{split}': {error}{hint if offline else ''}"

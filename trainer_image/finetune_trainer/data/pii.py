@@ -77,6 +77,12 @@ def _ipv4_ok(match: re.Match[str]) -> bool:
     return _ip_ok(match) and not re.search(r"(\bv|version\s?|release\s?)$", before)
 
 
+def _ipv6_plausible(text: str) -> bool:
+    # "a::b" and "dead::beef" parse as IPv6 but are C++ scopes and words in prose.
+    groups = [g for g in text.split(":") if g]
+    return len(groups) >= 2 and sum(map(len, groups)) >= 4 and any(c.isdigit() for c in text)
+
+
 def _phone_ok(match: re.Match[str]) -> bool:
     return 8 <= len(re.sub(r"\D", "", match.group(0))) <= 15
 
@@ -123,7 +129,7 @@ DETECTORS = [
         re.compile(
             r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
         ),
-        lambda m: _ip_ok(m) and sum(c.isalnum() for c in m.group(0)) >= 2,
+        lambda m: _ip_ok(m) and _ipv6_plausible(m.group(0)),
     ),
     Detector(
         "ip_address", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]|\.\d)"), _ipv4_ok

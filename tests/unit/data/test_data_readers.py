@@ -141,3 +141,9 @@ def test_s3_prefix_lists_and_streams_objects_in_order(monkeypatch):
     prepared = prepare_records(spec_for("s3://bucket/sets"))
     assert prepared.train == records
     assert [f["records"] for f in prepared.report["sources"][0]["files"]] == [6, 6]
+
+
+def test_corrupt_parquet_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "train.parquet").write_bytes(b"PAR1 but not really parquet")
+    with pytest.raises(DataError, match=r"train\.parquet: not a readable Parquet file"):
+        prepare_records(spec_for("train.parquet", "text"), base_dir=tmp_path)

@@ -10,7 +10,6 @@ that is not one bad record but lost data, and guessing around it would hide it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -116,7 +115,11 @@ def _read_stream(
     lineage.files.append(entry)
     hasher = hashlib.sha256()
     if suffix == ".parquet":
-        items: Iterator[RawRecord] = _parquet_items(_hashed_bytes(handle, hasher), name)
+        # Parquet is read from its footer backwards, so the file is hashed in a first
+        # sequential pass and then streamed row group by row group.
+        _hash_whole(handle, hasher)
+        handle.seek(0)
+        items: Iterator[RawRecord] = _parquet_items(handle, name)
     elif suffix == ".json":
         items = _json_items(_hashed_bytes(handle, hasher), name)
     else:
@@ -125,6 +128,11 @@ def _read_stream(
         entry.records += 1
         yield item
     entry.sha256 = hasher.hexdigest()
+
+
+def _hash_whole(handle: Any, hasher: Any) -> None:
+    while chunk := handle.read(1 << 20):
+        hasher.update(chunk)
 
 
 def _hashed_bytes(handle: Any, hasher: Any) -> bytes:
@@ -170,12 +178,12 @@ def _json_items(data: bytes, name: str) -> Iterator[RawRecord]:
         yield RawRecord(name, number, item)
 
 
-def _parquet_items(data: bytes, name: str) -> Iterator[RawRecord]:
+def _parquet_items(handle: Any, name: str) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(io.BytesIO(data))
+        parquet = pq.ParquetFile(handle)
     except (pa.ArrowInvalid, OSError) as error:
         raise DataError(f"{name}: not a readable Parquet file ({error})") from None
     number = 0

@@ -144,7 +144,7 @@ def test_chunks_without_any_answer_tokens_are_not_kept(tiny_tokenizer):
     ).dataset
     rows, stats = build_rows([long_prompt], "messages", tiny_tokenizer, dataset)
     assert rows == []
-    assert stats["overlength"]["truncated"] == 1
+    assert stats["overlength"] == {"truncated": 0, "dropped": 1, "chunked": 0}
 
 
 def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
@@ -169,3 +169,22 @@ def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
             assert row["position_ids"][start:end] == list(range(end - start))
     assert documents == len(records)
     assert packed_stats["padding_ratio"] < unpacked_stats["padding_ratio"]
+
+
+def test_a_tokenizer_without_chat_template_needs_one_in_the_spec(tiny_model_dir):
+    from finetune_trainer.data import DataError
+    from transformers import AutoTokenizer
+
+    bare = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bare.chat_template = None
+    with pytest.raises(DataError, match=r"spec\.dataset\.chatTemplate"):
+        build_rows([SHORT], "messages", bare, make_spec().dataset)
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    rows, _ = build_rows(
+        [SHORT], "messages", bare, make_spec(dataset={"chatTemplate": template}).dataset
+    )
+    assert (
+        bare.decode(rows[0]["input_ids"]) == "user: What is 1 plus 1?\nassistant: 1 plus 1 is 2.\n"
+    )
+    text_rows, _ = build_rows([{"text": "plain"}], "text", bare, make_spec().dataset)
+    assert len(text_rows) == 1

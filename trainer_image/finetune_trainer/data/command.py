@@ -75,7 +75,11 @@ def add_token_stats(
     if tokenizer is None:
         prepared.report["tokenizer_note"] = note
         return
-    _, stats = build_rows(prepared.train, prepared.format, tokenizer, dataset)
+    try:
+        _, stats = build_rows(prepared.train, prepared.format, tokenizer, dataset)
+    except DataError as error:
+        prepared.report["tokenizer_note"] = f"not tokenised: {error}"
+        return
     prepared.report.update(
         tokens=stats["tokens"],
         loss_tokens=stats["loss_tokens"],

@@ -12,6 +12,7 @@ from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer.data.readers import DataError
 from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, tokenize_record
 
 
@@ -21,6 +22,7 @@ def build_rows(
     """Tokenised rows of at most dataset.maxSeqLength tokens, and their statistics."""
     limit = dataset.max_seq_length
     policy = dataset.cleaning.overlength
+    _check_template(fmt, tokenizer, dataset)
     overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
     documents: list[Document] = []
     for record in records:
@@ -31,15 +33,29 @@ def build_rows(
             chat_template=dataset.chat_template,
             train_on_prompt=dataset.train_on_prompt,
         )
-        pieces = [document]
-        if len(document.input_ids) > limit:
-            overlength[
-                {"truncate": "truncated", "drop": "dropped", "chunk": "chunked"}[policy]
-            ] += 1
-            pieces = [] if policy == "drop" else _cut(document, limit, policy == "chunk")
-        documents += [_mask_first(p) for p in pieces if p.loss_tokens > 0]
+        if len(document.input_ids) <= limit:
+            documents.append(_mask_first(document))
+            continue
+        pieces = [] if policy == "drop" else _cut(document, limit, policy == "chunk")
+        pieces = [p for p in pieces if p.loss_tokens > 0]
+        # A truncation that cut off the whole answer leaves nothing to learn: dropped.
+        action = {"truncate": "truncated", "drop": "dropped", "chunk": "chunked"}[policy]
+        overlength[action if pieces else "dropped"] += 1
+        documents += [_mask_first(p) for p in pieces]
     rows = _pack(documents, limit) if dataset.packing else [_row([d]) for d in documents]
     return rows, _stats(rows, documents, overlength, limit)
+
+
+def _check_template(fmt: str, tokenizer: Any, dataset: api.DatasetSpec) -> None:
+    if (
+        fmt != "text"
+        and not dataset.chat_template
+        and not getattr(tokenizer, "chat_template", None)
+    ):
+        raise DataError(
+            f"spec.dataset.chatTemplate: the tokenizer has no chat template, which {fmt} "
+            "records need; set spec.dataset.chatTemplate to a Jinja chat template"
+        )
 
 
 def _cut(document: Document, limit: int, chunk: bool) -> list[Document]:

@@ -188,3 +188,30 @@ def test_a_tokenizer_without_chat_template_needs_one_in_the_spec(tiny_model_dir)
     )
     text_rows, _ = build_rows([{"text": "plain"}], "text", bare, make_spec().dataset)
     assert len(text_rows) == 1
+
+
+def test_packing_is_near_optimal_and_keeps_every_document():
+    import math
+    import random
+
+    from finetune_trainer.data.packing import _pack_lengths
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 1500) for _ in range(5000)]
+    rows = _pack_lengths(lengths, 2048)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 2048 for row in rows)
+    assert len(rows) <= math.ceil(sum(lengths) / 2048) * 1.01
+
+
+def test_token_stats_match_build_rows_without_keeping_rows(tiny_tokenizer):
+    from finetune_trainer.data.packing import token_stats
+
+    records = [LONG, SHORT, *(chat(f"Say {i}.", f"{i} " * (i % 30 + 1)) for i in range(60))]
+    for packing in (True, False):
+        dataset = make_spec(
+            dataset={"maxSeqLength": 96, "packing": packing, "cleaning": {"overlength": "chunk"}}
+        ).dataset
+        _, from_rows = build_rows(records, "messages", tiny_tokenizer, dataset)
+        streamed = token_stats(iter(records), "messages", tiny_tokenizer, dataset)
+        assert streamed == from_rows

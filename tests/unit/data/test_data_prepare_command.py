@@ -82,7 +82,8 @@ def test_prepare_bad_file_exits_non_zero_with_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: train.jsonl: 3 of 3 records are malformed")
     assert "train.jsonl:1" in line
-    assert not (tmp_path / "out" / "train.jsonl").exists()
+    # Nothing half-written is left behind.
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_prepare_invalid_job_file(tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_helpers import arithmetic_records, chat, prepare_in
-from finetune_trainer.data import DataError
+from data_helpers import arithmetic_records, chat, make_spec, prepare_in
+from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.normalize import normalize_text
 
 NO_SPLIT = {"validationSplit": 0.0}
@@ -66,9 +66,6 @@ def test_blank_lines_are_not_records(tmp_path):
     prepared = prepare_in(tmp_path, arithmetic_records(3), dataset=NO_SPLIT)
     text = path.read_text()
     path.write_text("\n\n" + text.replace("\n", "\n\n"))
-    from data_helpers import make_spec
-    from finetune_trainer.data import prepare_records
-
     again = prepare_records(make_spec(dataset=NO_SPLIT), base_dir=tmp_path)
     assert again.train == prepared.train and again.report["malformed"]["count"] == 0
 

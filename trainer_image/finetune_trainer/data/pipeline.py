@@ -53,12 +53,14 @@ def stream_prepared(
     Returns the report (not yet written, so that token statistics can be added).
     """
     sink = JsonlSink(out_dir)
+    committed = False
     try:
         report = run_data_stage(spec, sink, base_dir=base_dir)
-    except BaseException:
-        sink.abort()
-        raise
-    sink.commit()
+        sink.commit()
+        committed = True
+    finally:
+        if not committed:  # no half-written split files on failure
+            sink.abort()
     return report
 
 
@@ -116,7 +118,7 @@ class _Stage:
     ) -> None:
         self.cleaning, self.report, self.fmt, self.base_dir = cleaning, report, fmt, base_dir
 
-    def records(self, source: api.DataSource, role: str):  # -> Iterator[dict]
+    def records(self, source: api.DataSource, role: str) -> Iterator[dict]:
         lineage = SourceLineage(role=role, source=source.source, format=source.format)
         self.report.sources.append(lineage)
         items = read_source(source.source, lineage, split=source.split, base_dir=self.base_dir)

@@ -215,3 +215,17 @@ def test_token_stats_match_build_rows_without_keeping_rows(tiny_tokenizer):
         _, from_rows = build_rows(records, "messages", tiny_tokenizer, dataset)
         streamed = token_stats(iter(records), "messages", tiny_tokenizer, dataset)
         assert streamed == from_rows
+
+
+def test_a_template_that_rejects_a_conversation_gives_a_clear_error(tiny_tokenizer):
+    from finetune_trainer.data import DataError
+
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    dataset = make_spec(dataset={"chatTemplate": template}).dataset
+    record = chat("Hi?", "Hello.", system="Be brief.")
+    with pytest.raises(DataError, match=r"system/user/assistant.*System role not supported"):
+        build_rows([record], "messages", tiny_tokenizer, dataset)

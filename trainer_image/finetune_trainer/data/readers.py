@@ -222,8 +222,15 @@ def _hf_rows(uri: str, location: storage.Location, split: str) -> Iterator[dict[
                 return
             yield from datasets.load_dataset(str(local), split=split, streaming=True)
             return
-        # Honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: offline, only the local cache is used.
-        yield from datasets.load_dataset(location.bucket, split=split, streaming=True)
+        # Honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE. Online, rows stream from the Hub;
+        # offline, the cached Arrow files are used (memory-mapped, so still not in RAM),
+        # since streaming always goes to the network.
+        yield from datasets.load_dataset(
+            location.bucket,
+            data_files=location.path or None,
+            split=split,
+            streaming=not datasets.config.HF_HUB_OFFLINE,
+        )
     except (FileNotFoundError, ConnectionError, ValueError) as error:
         if isinstance(error, DataError):
             raise

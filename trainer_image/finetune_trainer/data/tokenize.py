@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_trainer.data.formats import to_messages
+from finetune_trainer.data.readers import DataError
 
 IGNORE_INDEX = -100
 
@@ -65,9 +66,19 @@ def tokenize_record(
 def _render(
     messages: list[dict[str, str]], tokenizer: Any, template: str | None, generation_prompt: bool
 ) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt, chat_template=template
-    )
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            chat_template=template,
+        )
+    except TemplateError as error:
+        # Templates raise on conversations they do not support (e.g. no system role).
+        roles = "/".join(m["role"] for m in messages)
+        raise DataError(f"chat template failed on a conversation ({roles}): {error}") from None
 
 
 def _render_with_spans(

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from data_helpers import QUICKSTART_DATA
-from data_helpers import make_job as _make_job
-from data_helpers import make_spec as _make_spec
 from finetune_operator import api
+
+from tests.unit.data.data_helpers import QUICKSTART_DATA
+from tests.unit.data.data_helpers import make_job as _make_job
+from tests.unit.data.data_helpers import make_spec as _make_spec
 
 
 @pytest.fixture

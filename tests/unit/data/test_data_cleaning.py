@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_helpers import arithmetic_records, chat, make_spec, prepare_in
 from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.normalize import normalize_text
+
+from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, prepare_in
 
 NO_SPLIT = {"validationSplit": 0.0}
 

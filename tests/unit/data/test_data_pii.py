@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from data_helpers import chat, prepare_in
 from finetune_trainer.data.pii import redact
+
+from tests.unit.data.data_helpers import chat, prepare_in
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 PRIVATE_KEY = (

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import yaml
-from data_helpers import QUICKSTART_DATA, REPO_ROOT, make_job, write_jsonl
 from finetune_operator.cli import main
+
+from tests.unit.data.data_helpers import QUICKSTART_DATA, REPO_ROOT, make_job, write_jsonl
 
 
 def write_job(tmp_path, **overrides):

@@ -6,10 +6,11 @@ import json
 
 import fsspec
 import pytest
-from data_helpers import arithmetic_records, chat, make_spec, write_jsonl
 from finetune_trainer import storage
 from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.readers import HF_MIRROR_ENV
+
+from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
 
 RECORDS = {
     "messages": [chat(f"Question {i}?", f"Answer number {i}.") for i in range(20)],

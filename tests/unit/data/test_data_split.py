@@ -5,8 +5,15 @@ from __future__ import annotations
 import random
 
 import pytest
-from data_helpers import arithmetic_records, chat, make_spec, prepare_in, write_jsonl
 from finetune_trainer.data import DataError, prepare_records
+
+from tests.unit.data.data_helpers import (
+    arithmetic_records,
+    chat,
+    make_spec,
+    prepare_in,
+    write_jsonl,
+)
 
 SPLITS = {"validationSplit": 0.2, "testSplit": 0.1}
 

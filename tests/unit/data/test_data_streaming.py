@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import tracemalloc
 
-from data_helpers import arithmetic_records, chat, make_spec, write_jsonl
 from finetune_trainer.data import prepare_records, write_prepared
 from finetune_trainer.data.pipeline import stream_prepared, write_report
+
+from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
 
 
 def test_streamed_files_equal_the_in_memory_result(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from data_helpers import chat, make_spec
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX, tokenize_record
+
+from tests.unit.data.data_helpers import chat, make_spec
 
 
 def labelled_text(tokenizer, ids, labels) -> str:

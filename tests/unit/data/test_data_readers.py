@@ -138,7 +138,7 @@ def test_s3_prefix_lists_and_streams_objects_in_order(monkeypatch):
     memory.pipe("/bucket/sets/2.jsonl", "".join(json.dumps(r) + "\n" for r in records[6:]).encode())
     memory.pipe("/bucket/sets/1.jsonl", "".join(json.dumps(r) + "\n" for r in records[:6]).encode())
     memory.pipe("/bucket/sets/notes.txt", b"ignored")
-    monkeypatch.setattr(storage, "_s3_filesystem", lambda: memory)
+    monkeypatch.setattr(storage, "s3_filesystem", lambda: memory)
     prepared = prepare_records(spec_for("s3://bucket/sets"))
     assert prepared.train == records
     assert [f["records"] for f in prepared.report["sources"][0]["files"]] == [6, 6]

@@ -88,7 +88,7 @@ def _local_files(uri: str, path: Path) -> list[Path]:
 
 
 def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> Iterator[RawRecord]:
-    fs = storage._s3_filesystem()
+    fs = storage.s3_filesystem()
     remote = storage.s3_url(location)
     if fs.isdir(remote):
         keys = sorted(k.lstrip("/") for k in fs.find(remote) if k.endswith(DATA_SUFFIXES))

@@ -9,6 +9,7 @@ that is not one bad record but lost data, and guessing around it would hide it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from finetune_trainer import storage
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 HF_MIRROR_ENV = "FINETUNE_HF_MIRROR"
 
 
@@ -80,7 +81,7 @@ def _local_files(uri: str, path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
         if not files:
             raise DataError(f"{uri}: folder {path} holds no {', '.join(DATA_SUFFIXES)} files")
         return files
@@ -100,20 +101,23 @@ def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> It
         raise DataError(f"{uri}: no such object or prefix")
     for key in keys:
         with fs.open(key, "rb") as handle:
-            yield from _read_stream(handle, f"s3://{key}", Path(key).suffix, lineage)
+            yield from _read_stream(handle, f"s3://{key}", lineage)
 
 
 def _read_file(file: Path, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
     with open(file, "rb") as handle:
-        yield from _read_stream(handle, name, file.suffix, lineage)
+        yield from _read_stream(handle, name, lineage)
 
 
-def _read_stream(
-    handle: Any, name: str, suffix: str, lineage: SourceLineage
-) -> Iterator[RawRecord]:
+def _read_stream(handle: Any, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
     entry = FileLineage(path=name)
     lineage.files.append(entry)
-    hasher = hashlib.sha256()
+    file_hash = hasher = hashlib.sha256()
+    suffix = Path(name.removesuffix(".gz")).suffix
+    if name.endswith(".gz"):
+        # The lineage digest is of the file as stored, so it hashes the compressed bytes.
+        handle = gzip.GzipFile(fileobj=_HashingReader(handle, file_hash), mode="rb")
+        hasher = hashlib.sha256()  # what the item readers feed: decompressed, not reported
     if suffix == ".parquet":
         # Parquet is read from its footer backwards, so the file is hashed in a first
         # sequential pass and then streamed row group by row group.
@@ -127,7 +131,19 @@ def _read_stream(
     for item in items:
         entry.records += 1
         yield item
-    entry.sha256 = hasher.hexdigest()
+    entry.sha256 = file_hash.hexdigest()
+
+
+class _HashingReader:
+    """A binary reader that feeds everything read through it into a hash."""
+
+    def __init__(self, raw: Any, hasher: Any) -> None:
+        self.raw, self.hasher = raw, hasher
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hasher.update(data)
+        return data
 
 
 def _hash_whole(handle: Any, hasher: Any) -> None:

@@ -58,3 +58,15 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-home" / "datasets")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """The tiny model's matrices are too small to gain from threads, and on a busy 2-core
+    runner torch's thread pool spins: one test took 76 s with two threads, 3.5 s with one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -46,6 +46,11 @@ def test_prepare_quickstart_writes_splits_and_report(tmp_path, tiny_model_dir, c
     assert report["records_read"] == sum(
         1 for line in QUICKSTART_DATA.read_text().splitlines() if line
     )
+    # Nothing silently lost: every record read is removed with a reason or kept in a split.
+    reasons = ("too_short_removed", "duplicates_removed", "leakage_removed")
+    accounted = report["malformed"]["count"] + sum(report[k] for k in reasons)
+    accounted += report["train"] + report["validation"] + report["test"]
+    assert accounted == report["records_read"]
     (source,) = report["sources"]
     assert source["records"] == report["records_read"] and len(source["files"][0]["sha256"]) == 64
     printed = capsys.readouterr().out

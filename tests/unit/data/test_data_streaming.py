@@ -30,6 +30,11 @@ def test_streamed_files_equal_the_in_memory_result(tmp_path):
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "data_report.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     drawn = report["mix"][0]["drawn"]
+    # Every record read is accounted for: removed with a reason, or in a split.
+    removed = sum(report[k] for k in ("too_short_removed", "duplicates_removed", "leakage_removed"))
+    kept = report["train"] - drawn + report["validation"] + report["test"]
+    replay = report["mix"][0]["available"]  # read from the replay source, drawn from or not
+    assert report["records_read"] == report["malformed"]["count"] + removed + kept + replay
     assert report["leakage_removed"] == 1 and drawn == round(0.25 * (report["train"] - drawn))
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         "data_report.json",

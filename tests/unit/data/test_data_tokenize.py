@@ -35,7 +35,20 @@ def test_only_assistant_turns_carry_loss(tiny_tokenizer):
     )
     # The token ids are exactly those of the rendered conversation.
     rendered = tiny_tokenizer.apply_chat_template(record["messages"], tokenize=False)
-    assert tiny_tokenizer.decode(doc.input_ids) == rendered
+    assert doc.input_ids == tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_tokenizers_without_offsets_label_the_same_tokens(tiny_tokenizer):
+    from finetune_trainer.data.tokenize import _encode_pieces, _render_with_spans
+
+    record = chat("What is 2 plus 3?", "2 plus 3 is 5.", system="Answer briefly.")
+    text, spans = _render_with_spans(record["messages"], tiny_tokenizer, None)
+    pieces = _encode_pieces(text, spans, tiny_tokenizer, train_on_prompt=False)
+    assert (
+        labelled_text(tiny_tokenizer, pieces.input_ids, pieces.labels)
+        == "2 plus 3 is 5.<|im_end|>\n"
+    )
+    assert tiny_tokenizer.decode(pieces.input_ids) == text
 
 
 def test_train_on_prompt_labels_every_token(tiny_tokenizer):
@@ -55,7 +68,10 @@ def test_custom_chat_template_without_generation_markers(tiny_tokenizer):
     doc = tokenize_record(
         record, "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
     )
-    assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == "stone reversed is enots.\n"
+    # "[assistant] stone" tokenises with a " st" merge across the boundary: that token
+    # carries answer characters, so it is learned too.
+    learned = labelled_text(tiny_tokenizer, doc.input_ids, doc.labels)
+    assert learned in (" stone reversed is enots.\n", "stone reversed is enots.\n")
 
 
 def test_template_that_rewrites_earlier_turns_still_masks_the_prompt(tiny_tokenizer):
@@ -69,7 +85,8 @@ def test_template_that_rewrites_earlier_turns_still_masks_the_prompt(tiny_tokeni
     doc = tokenize_record(
         record, "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
     )
-    assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == "1 plus 1 is 2."
+    learned = labelled_text(tiny_tokenizer, doc.input_ids, doc.labels)
+    assert learned.lstrip() == "1 plus 1 is 2."
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,11 @@
 The loss covers assistant turns only (unless trainOnPrompt). This works with any chat
 template, including ones without `{% generation %}` markers: the conversation is
 rendered once per assistant turn, with and without that turn, and the characters in
-between are the turn's own (its content and end-of-turn marker). The rendered text is
-cut at those boundaries and each piece tokenised separately, so no token straddles a
-prompt/answer boundary. When a template does not render prefixes as prefixes (some
+between are the turn's own (its content and end-of-turn marker). The full rendering is
+tokenised once and tokens are labelled by their character offsets, so the ids are the
+ones the model sees at inference (tokenising pieces separately would add spurious
+prefix spaces with SentencePiece tokenizers); slow tokenizers without offsets fall back
+to tokenising the pieces. When a template does not render prefixes as prefixes (some
 rewrite earlier turns), the assistant contents are located in the full rendering
 instead.
 """
@@ -49,6 +51,32 @@ def tokenize_record(
         return Document(ids, list(ids))
     messages = to_messages(record, fmt)
     text, spans = _render_with_spans(messages, tokenizer, chat_template)
+    if getattr(tokenizer, "is_fast", False):
+        return _encode_with_offsets(text, spans, tokenizer, train_on_prompt)
+    return _encode_pieces(text, spans, tokenizer, train_on_prompt)
+
+
+def _encode_with_offsets(
+    text: str, spans: list[tuple[int, int]], tokenizer: Any, train_on_prompt: bool
+) -> Document:
+    """The whole rendering tokenised at once (exactly the ids inference will see); a token
+    is learned when it holds any character of an assistant span (a merge such as " st"
+    across "[assistant] stone" belongs to the answer)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    span = 0
+    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        while span < len(spans) and spans[span][1] <= start:
+            span += 1
+        inside = span < len(spans) and spans[span][0] < max(end, start + 1)
+        labels.append(token if inside or train_on_prompt else IGNORE_INDEX)
+    return Document(list(encoded["input_ids"]), labels)
+
+
+def _encode_pieces(
+    text: str, spans: list[tuple[int, int]], tokenizer: Any, train_on_prompt: bool
+) -> Document:
+    """Slow tokenizers give no offsets: tokenise prompt and answer pieces separately."""
     input_ids: list[int] = []
     labels: list[int] = []
     cursor = 0

@@ -24,7 +24,7 @@ def prepare_command(job_path: Path, output_dir: Path) -> int:
         job = load_job_file(job_path)
         report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
     except InvalidSpec as error:
-        return _fail(f"{job_path}: invalid job: {error}")
+        return _fail(str(error))  # already "FILE: spec.path: reason"
     except DataError as error:
         return _fail(str(error))
     except OSError as error:

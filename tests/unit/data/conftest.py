@@ -7,23 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator import api
 
 from tests.unit.data.data_helpers import QUICKSTART_DATA
 from tests.unit.data.data_helpers import make_job as _make_job
-from tests.unit.data.data_helpers import make_spec as _make_spec
 
 
 @pytest.fixture
 def make_job() -> Callable[..., dict[str, Any]]:
     """Factory: make_job(**overrides) -> a valid manifest, overrides deep-merged into spec."""
     return _make_job
-
-
-@pytest.fixture
-def make_spec() -> Callable[..., api.FineTuneJobSpec]:
-    """Factory: make_spec(**overrides) -> the validated spec of make_job(**overrides)."""
-    return _make_spec
 
 
 @pytest.fixture(scope="session")

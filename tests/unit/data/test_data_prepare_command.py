@@ -6,21 +6,27 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from finetune_operator.cli import main
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA, REPO_ROOT, make_job, write_jsonl
+from tests.unit.data.data_helpers import QUICKSTART_DATA, REPO_ROOT, write_jsonl
 
 
-def write_job(tmp_path, **overrides):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(make_job(**overrides)))
-    return path
+@pytest.fixture
+def write_job(tmp_path, make_job):
+    """Factory: write_job(**overrides) -> path of a job.yaml in tmp_path."""
+
+    def write(**overrides):
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(make_job(**overrides)))
+        return path
+
+    return write
 
 
-def test_prepare_quickstart_writes_splits_and_report(tmp_path, tiny_model_dir, capsys):
+def test_prepare_quickstart_writes_splits_and_report(tmp_path, write_job, tiny_model_dir, capsys):
     job = write_job(
-        tmp_path,
         model={"source": str(tiny_model_dir)},
         dataset={"train": {"source": str(QUICKSTART_DATA)}, "maxSeqLength": 256, "testSplit": 0.05},
     )
@@ -57,17 +63,17 @@ def test_prepare_quickstart_writes_splits_and_report(tmp_path, tiny_model_dir, c
     assert "malformed 4" in printed and "PII redacted" in printed
 
 
-def test_prepare_without_a_loadable_tokenizer_says_why(tmp_path, capsys):
+def test_prepare_without_a_loadable_tokenizer_says_why(tmp_path, write_job):
     write_jsonl(tmp_path / "train.jsonl", [json.loads(QUICKSTART_DATA.read_text().splitlines()[0])])
-    job = write_job(tmp_path, dataset={"validationSplit": 0.0})
+    job = write_job(dataset={"validationSplit": 0.0})
     assert main(["prepare", str(job), "--output", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "data_report.json").read_text())
     assert report["tokens"] is None and "not found" in report["tokenizer_note"]
 
 
-def test_prepare_bad_file_exits_non_zero_with_one_line(tmp_path):
+def test_prepare_bad_file_exits_non_zero_with_one_line(tmp_path, write_job):
     write_jsonl(tmp_path / "train.jsonl", ["{oops", "not json either", '{"messages": []}'])
-    job = write_job(tmp_path)
+    job = write_job()
     result = subprocess.run(
         [
             sys.executable,
@@ -92,8 +98,7 @@ def test_prepare_bad_file_exits_non_zero_with_one_line(tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_prepare_invalid_job_file(tmp_path, capsys):
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(make_job(dataset={"validationSplit": 2})))
+def test_prepare_invalid_job_file(tmp_path, write_job, capsys):
+    job = write_job(dataset={"validationSplit": 2})
     assert main(["prepare", str(job), "--output", str(tmp_path / "out")]) == 1
     assert "spec.dataset.validationSplit" in capsys.readouterr().err

@@ -47,13 +47,13 @@ def load_tokenizer(model: api.ModelSpec, *, base_dir: Path | None) -> tuple[Any,
     """The model's tokenizer if it can be loaded without downloading weights; else a reason."""
     location = storage.parse_uri(model.source)
     if location.scheme == "s3":
-        return None, "tokenizer not loaded: prepare does not fetch s3:// models"
+        return None, "prepare does not fetch s3:// models to load their tokenizer"
     if location.scheme == "hf":
         name, options = location.bucket, {"revision": model.revision}
     else:
         path = storage.resolve_local(model.source, base_dir=base_dir)
         if not path.is_dir():
-            return None, f"tokenizer not loaded: model directory {path} not found"
+            return None, f"model directory {path} not found"
         name, options = str(path), {}
     from transformers import AutoTokenizer
 
@@ -65,7 +65,7 @@ def load_tokenizer(model: api.ModelSpec, *, base_dir: Path | None) -> tuple[Any,
         first_line = (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )
-        return None, f"tokenizer not loaded from {model.source}: {first_line}"
+        return None, f"cannot load the tokenizer of {model.source}: {first_line}"
     return tokenizer, None
 
 
@@ -85,7 +85,7 @@ def add_token_stats(
         try:
             stats = token_stats(records, report["format"], tokenizer, dataset)
         except DataError as error:
-            report["tokenizer_note"] = f"not tokenised: {error}"
+            report["tokenizer_note"] = str(error)
             return
     report.update(
         tokens=stats["tokens"],

@@ -1,0 +1,214 @@
+"""The data stage from sources to split records: read → clean → dedup → split → mix → leakage.
+
+Memory: records stream through every stage; what grows with the data set is a fixed-size
+digest per record (dedup, leakage) and, for replay mixing, the records drawn from the
+mix source. Where the records end up is the sink's business: `stream_prepared` (used by
+`finetune prepare`) writes them to JSONL as they come and holds none; `prepare_records`
+returns them in lists, because the trainer tokenises all of them next anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_operator import api
+
+from finetune_trainer.data.clean import clean_records
+from finetune_trainer.data.dedup import make_deduplicator
+from finetune_trainer.data.formats import can_convert, content_text, convert
+from finetune_trainer.data.leakage import LeakageIndex
+from finetune_trainer.data.readers import DataError, SourceLineage, read_source
+from finetune_trainer.data.report import DataReport
+from finetune_trainer.data.sinks import SPLITS, JsonlSink, ListSink
+from finetune_trainer.data.split import TEST, TRAIN, VALIDATION, split_of
+
+
+@dataclass
+class PreparedData:
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    format: str
+    report: dict
+
+
+def prepare_records(spec: api.FineTuneJobSpec, *, base_dir: Path | None = None) -> PreparedData:
+    """Cleaned, deduplicated, split and mixed records of a job, with their data report."""
+    sink = ListSink()
+    report = run_data_stage(spec, sink, base_dir=base_dir)
+    return PreparedData(**sink.splits, format=report["format"], report=report)
+
+
+def stream_prepared(
+    spec: api.FineTuneJobSpec, out_dir: Path, *, base_dir: Path | None = None
+) -> dict[str, Any]:
+    """The data stage written straight to DIR/<split>.jsonl, never holding the records.
+
+    Returns the report (not yet written, so that token statistics can be added).
+    """
+    sink = JsonlSink(out_dir)
+    committed = False
+    try:
+        report = run_data_stage(spec, sink, base_dir=base_dir)
+        sink.commit()
+        committed = True
+    finally:
+        if not committed:  # no half-written split files on failure
+            sink.abort()
+    return report
+
+
+def run_data_stage(
+    spec: api.FineTuneJobSpec, sink: ListSink | JsonlSink, *, base_dir: Path | None = None
+) -> dict[str, Any]:
+    """Read → clean → dedup → split → mix → leakage, records into sink; returns the report."""
+    dataset = spec.dataset
+    fmt = dataset.train.format
+    seed = spec.hyperparameters.seed
+    _check_formats(dataset)
+    report = DataReport(format=fmt, seed=seed)
+    stage = _Stage(dataset.cleaning, report, fmt, base_dir)
+    leakage = LeakageIndex() if dataset.cleaning.remove_leakage else None
+
+    validation_fraction = 0.0 if dataset.validation else dataset.validation_split
+    test_fraction = 0.0 if dataset.test else dataset.test_split
+    for record in stage.records(dataset.train, TRAIN):
+        split = split_of(content_text(record, fmt), seed, validation_fraction, test_fraction)
+        sink.add(split, record)
+        if leakage is not None and split == TRAIN:
+            leakage.add_train(record, fmt)
+    for name, source in ((VALIDATION, dataset.validation), (TEST, dataset.test)):
+        if source is not None:
+            for record in stage.records(source, name):
+                sink.add(name, record)
+
+    train_size = sink.count(TRAIN)
+    for index, source in enumerate(dataset.mix):
+        drawn = _draw_mix(stage, index, source, train_size, seed)
+        if leakage is not None:
+            for record in drawn:
+                leakage.add_train(record, fmt)
+        if drawn:
+            total = sink.count(TRAIN)
+            sink.rewrite(TRAIN, lambda train, d=drawn, n=total: _interleave(train, n, d))
+
+    if leakage is not None:
+        for name in (VALIDATION, TEST):
+            before = sink.count(name)
+            sink.rewrite(name, lambda records: (r for r in records if not leakage.leaks(r, fmt)))
+            report.leakage_removed[name] = before - sink.count(name)
+
+    if sink.count(TRAIN) == 0:
+        raise DataError(f"{dataset.train.source}: no training records left after cleaning")
+    report.counts = {name: sink.count(name) for name in SPLITS}
+    return report.as_dict()
+
+
+class _Stage:
+    """Reads one source at a time through cleaning and its own deduplication."""
+
+    def __init__(
+        self, cleaning: api.CleaningSpec, report: DataReport, fmt: str, base_dir: Path | None
+    ) -> None:
+        self.cleaning, self.report, self.fmt, self.base_dir = cleaning, report, fmt, base_dir
+
+    def records(self, source: api.DataSource, role: str) -> Iterator[dict]:
+        lineage = SourceLineage(role=role, source=source.source, format=source.format)
+        self.report.sources.append(lineage)
+        items = read_source(source.source, lineage, split=source.split, base_dir=self.base_dir)
+        dedup = make_deduplicator(self.cleaning.dedup, self.cleaning.near_dedup_threshold)
+        cleaned = clean_records(
+            items, source.format, self.cleaning, self.report, source=source.source
+        )
+        for record in cleaned:
+            if dedup.is_duplicate(content_text(record, source.format)):
+                self.report.duplicates_removed += 1
+                continue
+            yield convert(record, source.format, self.fmt)
+
+
+def _check_formats(dataset: api.DatasetSpec) -> None:
+    target = dataset.train.format
+    named = [("validation", dataset.validation), ("test", dataset.test)]
+    named += [(f"mix[{i}]", m) for i, m in enumerate(dataset.mix)]
+    for name, source in named:
+        if source is not None and not can_convert(source.format, target):
+            raise DataError(
+                f"spec.dataset.{name}.format: {source.format} records cannot be used with "
+                f"{target} training data (use the same format, or messages for chat data)"
+            )
+
+
+def _draw_mix(
+    stage: _Stage, index: int, source: api.MixSource, train_size: int, seed: int
+) -> list[dict]:
+    """About weight x train_size records from a replay source, deterministic with the seed.
+
+    Reservoir sampling keeps at most the wanted number of records in memory; a source
+    smaller than that is repeated (upsampled) to reach it.
+    """
+    wanted = round(source.weight * train_size)
+    rng = random.Random(f"{seed}:mix:{index}:{source.source}")
+    reservoir: list[dict] = []
+    available = 0
+    for record in stage.records(source, f"mix[{index}]"):
+        available += 1
+        if len(reservoir) < wanted:
+            reservoir.append(record)
+        else:
+            slot = rng.randrange(available)
+            if slot < wanted:
+                reservoir[slot] = record
+    drawn = list(reservoir)
+    if reservoir and len(drawn) < wanted:
+        repeats, remainder = divmod(wanted, len(reservoir))
+        drawn = reservoir * repeats + rng.sample(reservoir, remainder)
+    rng.shuffle(drawn)
+    stage.report.mix.append(
+        {
+            "source": source.source,
+            "weight": source.weight,
+            "available": available,
+            "drawn": len(drawn),
+        }
+    )
+    return drawn
+
+
+def _interleave(train: Iterator[dict], train_size: int, extra: list[dict]) -> Iterator[dict]:
+    """Spread extra records evenly through train (replay data throughout every epoch)."""
+    j = 0
+    for i, record in enumerate(train):
+        while j < len(extra) and (j + 0.5) / len(extra) < (i + 0.5) / max(train_size, 1):
+            yield extra[j]
+            j += 1
+        yield record
+    yield from extra[j:]
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
+    """DIR/train.jsonl, validation.jsonl, test.jsonl and data_report.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        _write_jsonl(out_dir / f"{name}.jsonl", getattr(prepared, name))
+    write_report(prepared.report, out_dir)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    _write_atomic(out_dir / "data_report.json", json.dumps(report, indent=2) + "\n")
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

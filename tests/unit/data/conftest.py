@@ -1,0 +1,59 @@
+"""Fixtures for the data stage: job factories and a tiny tokenizer/model built once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from data_helpers import QUICKSTART_DATA
+from data_helpers import make_job as _make_job
+from data_helpers import make_spec as _make_spec
+from finetune_operator import api
+
+
+@pytest.fixture
+def make_job() -> Callable[..., dict[str, Any]]:
+    """Factory: make_job(**overrides) -> a valid manifest, overrides deep-merged into spec."""
+    return _make_job
+
+
+@pytest.fixture
+def make_spec() -> Callable[..., api.FineTuneJobSpec]:
+    """Factory: make_spec(**overrides) -> the validated spec of make_job(**overrides)."""
+    return _make_spec
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama and its ChatML tokenizer in HF format, built once per session."""
+    from finetune_trainer.tiny_model import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"), [QUICKSTART_DATA])
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline mode as a pod gets it from HF_HUB_OFFLINE=1 set before start.
+
+    The libraries read the variable once at import, so the constants are set too, and the
+    cache points to an empty folder so nothing cached on this machine is found.
+    """
+    import datasets
+    import huggingface_hub
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-home" / "datasets")

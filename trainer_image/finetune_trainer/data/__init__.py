@@ -1,0 +1,23 @@
+"""The data stage: read, clean, dedup, redact, split, check leakage, tokenise and pack."""
+
+from finetune_trainer.data.packing import build_rows
+from finetune_trainer.data.pipeline import PreparedData, prepare_records, write_prepared
+from finetune_trainer.data.readers import DataError
+
+__all__ = [
+    "DataError",
+    "PreparedData",
+    "build_rows",
+    "collate_rows",
+    "prepare_records",
+    "write_prepared",
+]
+
+
+def __getattr__(name: str):
+    # collate_rows needs torch; `finetune prepare` does not, so torch loads only on use.
+    if name == "collate_rows":
+        from finetune_trainer.data.collate import collate_rows
+
+        return collate_rows
+    raise AttributeError(name)

@@ -1,0 +1,86 @@
+"""`finetune prepare JOB.yaml --output DIR`: the data stage alone, with a short summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from finetune_operator import api
+from finetune_operator.validation import InvalidSpec, load_job_file
+
+from finetune_trainer import storage
+from finetune_trainer.data.packing import build_rows
+from finetune_trainer.data.pipeline import PreparedData, prepare_records, write_prepared
+from finetune_trainer.data.readers import DataError
+from finetune_trainer.data.report import summary_lines
+
+
+def prepare_command(job_path: Path, output_dir: Path) -> int:
+    """Run the data stage of a job file; 0 on success, 1 with a one-line error otherwise."""
+    try:
+        job = load_job_file(job_path)
+        prepared = prepare_records(job.spec, base_dir=job_path.parent.resolve())
+    except InvalidSpec as error:
+        return _fail(f"{job_path}: invalid job: {error}")
+    except (DataError, OSError) as error:
+        return _fail(str(error))
+    tokenizer, note = load_tokenizer(job.spec.model, base_dir=job_path.parent.resolve())
+    add_token_stats(prepared, tokenizer, job.spec.dataset, note)
+    try:
+        write_prepared(prepared, output_dir)
+    except OSError as error:
+        return _fail(f"{output_dir}: cannot write: {error.strerror or error}")
+    for line in summary_lines(prepared.report):
+        print(line)
+    print(f"wrote {output_dir}/{{train,validation,test}}.jsonl and data_report.json")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def load_tokenizer(model: api.ModelSpec, *, base_dir: Path | None) -> tuple[Any, str | None]:
+    """The model's tokenizer if it can be loaded without downloading weights; else a reason."""
+    location = storage.parse_uri(model.source)
+    if location.scheme == "s3":
+        return None, "tokenizer not loaded: prepare does not fetch s3:// models"
+    if location.scheme == "hf":
+        name, options = location.bucket, {"revision": model.revision}
+    else:
+        path = storage.resolve_local(model.source, base_dir=base_dir)
+        if not path.is_dir():
+            return None, f"tokenizer not loaded: model directory {path} not found"
+        name, options = str(path), {}
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, trust_remote_code=model.trust_remote_code, **options
+        )
+    except (OSError, ValueError) as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        return None, f"tokenizer not loaded from {model.source}: {first_line}"
+    return tokenizer, None
+
+
+def add_token_stats(
+    prepared: PreparedData, tokenizer: Any, dataset: api.DatasetSpec, note: str | None
+) -> None:
+    """Fill tokens, padding_ratio and overlength in the report from the training rows."""
+    if tokenizer is None:
+        prepared.report["tokenizer_note"] = note
+        return
+    _, stats = build_rows(prepared.train, prepared.format, tokenizer, dataset)
+    prepared.report.update(
+        tokens=stats["tokens"],
+        loss_tokens=stats["loss_tokens"],
+        rows=stats["rows"],
+        padding_ratio=stats["padding_ratio"],
+        overlength=stats["overlength"],
+        tokenizer_note=None,
+    )

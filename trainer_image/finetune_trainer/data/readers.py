@@ -1,0 +1,226 @@
+"""Stream raw records from a source: JSONL, JSON and Parquet files or folders, or hf://.
+
+Readers never judge a record's shape; they yield every item with where it came from
+(file and line, or row number for JSON arrays, Parquet and hf:// datasets). A line that
+is not JSON is yielded with its error so the pipeline can count it. A file that cannot
+be read at all (corrupt JSON document or Parquet file, missing path) raises DataError:
+that is not one bad record but lost data, and guessing around it would hide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer import storage
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+HF_MIRROR_ENV = "FINETUNE_HF_MIRROR"
+
+
+class DataError(ValueError):
+    """The data stage cannot go on; the message names the file or field."""
+
+
+@dataclass
+class RawRecord:
+    origin: str  # file path or hf:// id
+    line: int  # JSONL line, or 1-based row number for JSON arrays, Parquet and datasets
+    value: Any = None
+    error: str | None = None  # set when the item is not JSON at all
+
+
+@dataclass
+class FileLineage:
+    path: str
+    sha256: str | None = None
+    records: int = 0
+
+
+@dataclass
+class SourceLineage:
+    """Where one source's records came from, for data_report.json and the model card."""
+
+    role: str
+    source: str
+    format: str
+    files: list[FileLineage] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "source": self.source,
+            "format": self.format,
+            "records": sum(f.records for f in self.files),
+            "files": [vars(f) for f in self.files],
+        }
+
+
+def read_source(
+    uri: str, lineage: SourceLineage, *, split: str | None = None, base_dir: Path | None = None
+) -> Iterator[RawRecord]:
+    """Every item of a source in a stable order, appending per-file lineage as it goes."""
+    location = storage.parse_uri(uri)
+    if location.scheme == "hf":
+        yield from _read_hf(uri, location, split, lineage)
+    elif location.scheme == "s3":
+        yield from _read_s3(uri, location, lineage)
+    else:
+        path = storage.resolve_local(uri, base_dir=base_dir)
+        for file in _local_files(uri, path):
+            yield from _read_file(file, str(file), lineage)
+
+
+def _local_files(uri: str, path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        if not files:
+            raise DataError(f"{uri}: folder {path} holds no {', '.join(DATA_SUFFIXES)} files")
+        return files
+    raise DataError(f"{uri}: no such file or folder ({path})")
+
+
+def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> Iterator[RawRecord]:
+    fs = storage._s3_filesystem()
+    remote = storage.s3_url(location)
+    if fs.isdir(remote):
+        keys = sorted(k.lstrip("/") for k in fs.find(remote) if k.endswith(DATA_SUFFIXES))
+        if not keys:
+            raise DataError(f"{uri}: prefix holds no {', '.join(DATA_SUFFIXES)} objects")
+    elif fs.exists(remote):
+        keys = [remote]
+    else:
+        raise DataError(f"{uri}: no such object or prefix")
+    for key in keys:
+        with fs.open(key, "rb") as handle:
+            yield from _read_stream(handle, f"s3://{key}", Path(key).suffix, lineage)
+
+
+def _read_file(file: Path, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
+    with open(file, "rb") as handle:
+        yield from _read_stream(handle, name, file.suffix, lineage)
+
+
+def _read_stream(
+    handle: Any, name: str, suffix: str, lineage: SourceLineage
+) -> Iterator[RawRecord]:
+    entry = FileLineage(path=name)
+    lineage.files.append(entry)
+    hasher = hashlib.sha256()
+    if suffix == ".parquet":
+        items: Iterator[RawRecord] = _parquet_items(_hashed_bytes(handle, hasher), name)
+    elif suffix == ".json":
+        items = _json_items(_hashed_bytes(handle, hasher), name)
+    else:
+        items = _jsonl_items(handle, name, hasher)
+    for item in items:
+        entry.records += 1
+        yield item
+    entry.sha256 = hasher.hexdigest()
+
+
+def _hashed_bytes(handle: Any, hasher: Any) -> bytes:
+    data = handle.read()
+    hasher.update(data)
+    return data
+
+
+def _jsonl_items(handle: Any, name: str, hasher: Any) -> Iterator[RawRecord]:
+    for number, raw in enumerate(handle, start=1):
+        hasher.update(raw)
+        if not raw.strip():
+            continue
+        try:
+            yield RawRecord(name, number, json.loads(raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            yield RawRecord(name, number, error="not valid UTF-8")
+        except json.JSONDecodeError as error:
+            yield RawRecord(
+                name, number, error=f"invalid JSON: {error.msg} at column {error.colno}"
+            )
+
+
+def _json_items(data: bytes, name: str) -> Iterator[RawRecord]:
+    # A JSON document is parsed whole; use JSONL for data too large to hold in memory.
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataError(f"{name}: not valid UTF-8 (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{name}: line {error.lineno}: invalid JSON: {error.msg}") from None
+    if isinstance(document, dict):
+        lists = [key for key, value in document.items() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise DataError(
+                f"{name}: a JSON object must hold exactly one list of records "
+                f"(found {len(lists)} list fields)"
+            )
+        document = document[lists[0]]
+    if not isinstance(document, list):
+        raise DataError(f"{name}: expected a JSON array of records or an object with one list")
+    for number, item in enumerate(document, start=1):
+        yield RawRecord(name, number, item)
+
+
+def _parquet_items(data: bytes, name: str) -> Iterator[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{name}: not a readable Parquet file ({error})") from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawRecord(name, number, row)
+
+
+def _read_hf(
+    uri: str, location: storage.Location, split: str | None, lineage: SourceLineage
+) -> Iterator[RawRecord]:
+    split = split or "train"
+    name = f"{uri}[{split}]"
+    lineage.files.append(entry := FileLineage(path=name))
+    for number, row in enumerate(_hf_rows(uri, location, split), start=1):
+        entry.records += 1
+        yield RawRecord(name, number, row)
+
+
+def _hf_rows(uri: str, location: storage.Location, split: str) -> Iterator[dict[str, Any]]:
+    """Rows of an hf:// dataset: from a local mirror when one holds it, else via the Hub cache."""
+    import datasets
+
+    mirror = os.environ.get(HF_MIRROR_ENV)
+    local = Path(mirror) / location.bucket / location.path if mirror else None
+    try:
+        if local is not None and local.is_dir():
+            if (local / "dataset_dict.json").exists() or (local / "dataset_info.json").exists():
+                loaded = datasets.load_from_disk(str(local))
+                if isinstance(loaded, datasets.DatasetDict):
+                    if split not in loaded:
+                        raise DataError(f"{uri}: no split '{split}' (has {sorted(loaded)})")
+                    loaded = loaded[split]
+                yield from loaded
+                return
+            yield from datasets.load_dataset(str(local), split=split, streaming=True)
+            return
+        # Honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: offline, only the local cache is used.
+        yield from datasets.load_dataset(location.bucket, split=split, streaming=True)
+    except (FileNotFoundError, ConnectionError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        offline = datasets.config.HF_HUB_OFFLINE  # read from the environment at import
+        hint = " (offline mode is on: put the dataset in the cache or in $FINETUNE_HF_MIRROR)"
+        raise DataError(
+            f"{uri}: cannot load split '{split}': {error}{hint if offline else ''}"
+        ) from None

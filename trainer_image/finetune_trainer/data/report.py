@@ -1,0 +1,93 @@
+"""The data report: every count a user needs to trust what the model was trained on."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_trainer.data.readers import SourceLineage
+
+MALFORMED_EXAMPLES = 20
+
+
+@dataclass
+class MalformedEntry:
+    file: str
+    line: int
+    reason: str
+
+
+@dataclass
+class DataReport:
+    format: str
+    seed: int
+    records_read: int = 0
+    malformed: list[MalformedEntry] = field(default_factory=list)
+    malformed_count: int = 0
+    too_short_removed: int = 0
+    duplicates_removed: int = 0
+    pii_redactions: Counter[str] = field(default_factory=Counter)
+    leakage_removed: dict[str, int] = field(default_factory=lambda: {"validation": 0, "test": 0})
+    mix: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[SourceLineage] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"train": 0, "validation": 0, "test": 0})
+    tokens: dict[str, Any] | None = None
+    tokenizer_note: str | None = None
+
+    def add_malformed(self, file: str, line: int, reason: str) -> None:
+        self.malformed_count += 1
+        if len(self.malformed) < MALFORMED_EXAMPLES:
+            self.malformed.append(MalformedEntry(file, line, reason))
+
+    def as_dict(self) -> dict[str, Any]:
+        tokens = self.tokens or {}
+        return {
+            "format": self.format,
+            "seed": self.seed,
+            "records_read": self.records_read,
+            "malformed": {
+                "count": self.malformed_count,
+                "first": [vars(m) for m in self.malformed],
+            },
+            "too_short_removed": self.too_short_removed,
+            "duplicates_removed": self.duplicates_removed,
+            "pii_redactions": dict(sorted(self.pii_redactions.items())),
+            "leakage_removed": sum(self.leakage_removed.values()),
+            "leakage_removed_by_split": dict(self.leakage_removed),
+            "overlength": tokens.get("overlength", {"truncated": 0, "dropped": 0, "chunked": 0}),
+            **self.counts,
+            "mix": self.mix,
+            "tokens": tokens.get("tokens"),
+            "loss_tokens": tokens.get("loss_tokens"),
+            "rows": tokens.get("rows"),
+            "padding_ratio": tokens.get("padding_ratio"),
+            "tokenizer_note": self.tokenizer_note,
+            "sources": [s.as_dict() for s in self.sources],
+        }
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A short human summary of a report dict, for the command line."""
+    pii = ", ".join(f"{k} {v}" for k, v in report["pii_redactions"].items()) or "none"
+    over = report["overlength"]
+    lines = [
+        f"read {report['records_read']} records ({report['format']}): "
+        f"train {report['train']}, validation {report['validation']}, test {report['test']}",
+        f"malformed {report['malformed']['count']}, too short {report['too_short_removed']}, "
+        f"duplicates {report['duplicates_removed']}, leakage {report['leakage_removed']}",
+        f"PII redacted: {pii}",
+    ]
+    for entry in report["malformed"]["first"][:5]:
+        lines.append(f"  malformed {entry['file']}:{entry['line']}: {entry['reason']}")
+    for mix in report["mix"]:
+        lines.append(f"mix {mix['source']}: {mix['drawn']} records drawn (weight {mix['weight']})")
+    if report["tokens"] is not None:
+        lines.append(
+            f"tokens {report['tokens']} in {report['rows']} rows, padding "
+            f"{report['padding_ratio']:.1%}; over-length: truncated {over['truncated']}, "
+            f"dropped {over['dropped']}, chunked {over['chunked']}"
+        )
+    else:
+        lines.append(f"not tokenised: {report['tokenizer_note']}")
+    return lines

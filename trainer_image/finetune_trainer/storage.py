@@ -1,0 +1,129 @@
+"""Where data and models live: local paths, file://, pvc://claim/path, s3:// and hf://.
+
+In a cluster the operator mounts claim C at /mnt/pvc/C, so `pvc://C/path` is the local
+path /mnt/pvc/C/path; on a laptop FINETUNE_PVC_ROOT points that root somewhere else.
+s3:// goes through fsspec/s3fs with credentials from the environment (AWS_* variables,
+which the job's secretRef provides). This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+REMOTE_SCHEMES = ("s3", "hf")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed storage URI: `scheme` is one of local, file, pvc, s3, hf."""
+
+    scheme: str
+    bucket: str  # s3 bucket, pvc claim or hf repo id; "" for local paths
+    path: str  # key, path inside the claim, or the local path
+
+    @property
+    def is_remote(self) -> bool:
+        return self.scheme in REMOTE_SCHEMES
+
+
+def parse_uri(uri: str) -> Location:
+    """Split a source or destination URI into scheme, bucket/claim/repo and path."""
+    if not uri or not uri.strip():
+        raise ValueError("empty storage location")
+    if uri.startswith("file://"):
+        return Location("file", "", uri[len("file://") :])
+    for scheme in ("pvc", "s3"):
+        prefix = f"{scheme}://"
+        if uri.startswith(prefix):
+            bucket, _, path = uri[len(prefix) :].partition("/")
+            if not bucket:
+                raise ValueError(f"{uri}: missing the {'claim' if scheme == 'pvc' else 'bucket'}")
+            return Location(scheme, bucket, path.strip("/"))
+    if uri.startswith("hf://"):
+        # hf://org/name or hf://name; an optional trailing path is a file inside the repo.
+        rest = uri[len("hf://") :].strip("/")
+        if not rest:
+            raise ValueError(f"{uri}: missing the dataset or model name")
+        parts = rest.split("/")
+        repo = "/".join(parts[:2]) if len(parts) > 1 else parts[0]
+        return Location("hf", repo, "/".join(parts[2:]))
+    if "://" in uri:
+        raise ValueError(f"{uri}: unsupported scheme (use a path, file://, pvc://, s3:// or hf://)")
+    return Location("local", "", uri)
+
+
+def pvc_root() -> Path:
+    return Path(os.environ.get(PVC_ROOT_ENV) or DEFAULT_PVC_ROOT)
+
+
+def resolve_local(uri: str, *, base_dir: Path | None = None) -> Path:
+    """The local path of a path, file:// or pvc:// URI; relative paths resolve against base_dir."""
+    location = parse_uri(uri)
+    if location.scheme == "pvc":
+        return pvc_root() / location.bucket / location.path
+    if location.is_remote:
+        raise ValueError(f"{uri}: {location.scheme}:// is not a local location")
+    path = Path(location.path).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def _s3_filesystem() -> Any:
+    import fsspec
+
+    # s3fs reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL from the
+    # environment; the endpoint variable is what on-prem S3-compatible stores need.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    options = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return fsspec.filesystem("s3", **options)
+
+
+def s3_url(location: Location) -> str:
+    return f"{location.bucket}/{location.path}" if location.path else location.bucket
+
+
+def open_uri(uri: str, mode: str = "rb", *, base_dir: Path | None = None) -> IO[Any]:
+    """Open a local, file://, pvc:// or s3:// object."""
+    location = parse_uri(uri)
+    if location.scheme == "s3":
+        return _s3_filesystem().open(s3_url(location), mode)
+    if location.scheme == "hf":
+        raise ValueError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
+    return open(resolve_local(uri, base_dir=base_dir), mode)  # the caller closes it
+
+
+def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -> Path:
+    """A local copy of an s3:// object or prefix under cache_dir; local kinds resolve in place."""
+    location = parse_uri(uri)
+    if location.scheme == "hf":
+        raise ValueError(f"{uri}: hf:// is fetched by the Hugging Face libraries")
+    if location.scheme != "s3":
+        return resolve_local(uri, base_dir=base_dir)
+    fs = _s3_filesystem()
+    remote = s3_url(location)
+    target = cache_dir / location.bucket / location.path
+    if fs.isdir(remote):
+        for key in sorted(k.lstrip("/") for k in fs.find(remote)):
+            relative = key[len(remote) :].lstrip("/")
+            _download(fs, key, target / relative)
+        return target
+    if not fs.exists(remote):
+        raise FileNotFoundError(f"{uri}: no such object or prefix")
+    _download(fs, remote, target)
+    return target
+
+
+def _download(fs: Any, key: str, target: Path) -> None:
+    """Copy one object, through a temporary name so a crash never leaves a half file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with fs.open(key, "rb") as source, open(partial, "wb") as sink:
+        shutil.copyfileobj(source, sink, length=1 << 20)
+    partial.replace(target)

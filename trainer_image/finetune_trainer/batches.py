@@ -53,19 +53,13 @@ def shard_for_eval(
     return batches + [None] * (n_batches - len(batches))
 
 
-def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    mask = moved["attention_mask"]
-    if mask.dim() == 4 and mask.dtype == torch.bool and dtype != torch.float32:
-        # A custom 4-D mask reaches attention as-is; an additive one must match the activations.
-        moved["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
-            ~mask, torch.finfo(dtype).min
-        )
-    return moved
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def collate(rows: list[dict], pad_token_id: int) -> dict[str, Any]:
-    return collate_rows(rows, pad_token_id)
+def collate(rows: list[dict], pad_token_id: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Tensors for `rows`; the additive attention mask must match the activations' dtype."""
+    return collate_rows(rows, pad_token_id, mask_dtype=dtype)
 
 
 def shifted_targets(batch: dict[str, Any]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from finetune_operator.validation import InvalidSpec
 
+from finetune_trainer.data import DataError
 from finetune_trainer.deepspeed_config import BatchSizeError
 from finetune_trainer.model import ModelSourceError
 from finetune_trainer.ray_train import MethodUnavailable
@@ -16,6 +17,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ModelSourceError,
     MethodUnavailable,
     NotEnoughData,
+    DataError,
     ValueError,
     OSError,
 )

@@ -30,7 +30,7 @@ def evaluate_loss(
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
     for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world):
         # A rank with no rows left still runs a forward pass: ZeRO-3 gathers collectively.
-        batch = to_device(collate(batch_rows or rows[:1], pad_token_id), device, dtype)
+        batch = to_device(collate(batch_rows or rows[:1], pad_token_id, dtype), device)
         loss_sum, tokens, correct, _ = forward_sums(model, batch)
         if batch_rows is not None:
             totals += torch.tensor(

@@ -238,11 +238,11 @@ def _optimizer_step(
     loss however unevenly the loss tokens fall. DeepSpeed divides by accumulation steps and
     averages over ranks, which the factor `scale` undoes.
     """
-    batches = [to_device(collate(rows, pad_token_id), device, dtype) for rows in micro_batches]
+    batches = [to_device(collate(rows, pad_token_id, dtype), device) for rows in micro_batches]
     counts = torch.tensor(
         [
             sum(int((b["labels"] != -100).sum()) for b in batches),
-            sum(b["num_tokens"] for b in batches),
+            sum(int(b["num_tokens"]) for b in batches),
         ],
         dtype=torch.float64,
         device=device,

@@ -87,31 +87,40 @@ def run_name(metadata: api.ObjectMeta) -> str:
     return f"{metadata.name}-{uid}" if uid else metadata.name
 
 
-def connect() -> bool:
-    """Join the cluster in RAY_ADDRESS (inside a RayJob) or start a small local instance.
-    Returns True when running locally."""
+def in_cluster() -> bool:
+    """Inside a RayJob the submitter sets RAY_ADDRESS; locally it is unset."""
+    return bool(os.environ.get(RAY_ADDRESS_ENV))
+
+
+def connect() -> None:
+    """Join the cluster in RAY_ADDRESS (inside a RayJob) or start a small local instance."""
     import ray
 
     if ray.is_initialized():
-        return RAY_ADDRESS_ENV not in os.environ
-    if os.environ.get(RAY_ADDRESS_ENV):
+        return
+    if in_cluster():
         ray.init(log_to_driver=True)
-        return False
+        return
     ray.init(
         num_cpus=os.cpu_count() or 1,
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
         include_dashboard=False,
         log_to_driver=True,
     )
-    return True
 
 
-def cluster_resources() -> tuple[float, float]:
-    """(GPUs, CPUs) of the Ray cluster we are connected to."""
+def available_resources() -> tuple[float, float]:
+    """(GPUs, CPUs) training can use: the cluster's once connected, else this machine's.
+
+    Locally this needs no Ray, so bad input is refused before Ray starts."""
     import ray
 
-    available = ray.cluster_resources()
-    return available.get("GPU", 0.0), available.get("CPU", 0.0)
+    if ray.is_initialized():
+        resources = ray.cluster_resources()
+        return resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    import torch
+
+    return float(torch.cuda.device_count()), float(os.cpu_count() or 1)
 
 
 class ProgressTracker:

@@ -13,6 +13,9 @@ from finetune_trainer.evaluate import GENERATION_METRICS, generation_samples
 from finetune_trainer.model import load_tokenizer, resolve_model_dir
 from finetune_trainer.schedule import steps_per_epoch, total_steps
 
+# What the data report says about the training rows (the data stage leaves them empty).
+TRAIN_STATS = ("tokens", "loss_tokens", "rows", "padding_ratio", "overlength")
+
 
 class NotEnoughData(ValueError):
     """Fewer training rows than one global batch."""
@@ -56,11 +59,8 @@ def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, *, base_d
     hp = spec.hyperparameters
     return Splits(
         rows=rows,
-        stats={
-            "tokens": train_stats.get("tokens", 0),
-            "padding_ratio": train_stats.get("padding_ratio", 0.0),
-            "tokenized": stats,
-        },
+        stats={key: train_stats[key] for key in TRAIN_STATS if key in train_stats}
+        | {"tokenized_by_split": stats},
         total_steps=total_steps(
             rows=len(rows["train"]), batch_size=batch, epochs=hp.epochs, max_steps=hp.max_steps
         ),

@@ -55,8 +55,10 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     spec, base_dir = job.spec, job_path.resolve().parent
     out = resolve_output(spec.output.destination, output, base_dir)
 
-    local = ray_train.connect()
-    gpus, cpus = ray_train.cluster_resources()
+    local = not ray_train.in_cluster()
+    if not local:
+        ray_train.connect()  # the cluster's resources decide the layout
+    gpus, cpus = ray_train.available_resources()
     layout = ray_train.plan_workers(
         spec.resources, workers_override=workers, cluster_gpus=gpus, cluster_cpus=cpus, local=local
     )
@@ -76,6 +78,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
 
     import ray
 
+    ray_train.connect()
     tracker = ray_train.start_tracker(_stop_at_step())
     setup = {
         "spec": spec.to_wire(),

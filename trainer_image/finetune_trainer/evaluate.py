@@ -63,7 +63,13 @@ def generation_samples(
         if not first:  # no prompt (plain text) or nothing to predict
             continue
         reference = tokenizer.decode(ids[first:], skip_special_tokens=True).strip()
-        samples.append({"prompt_ids": ids[:first], "reference": reference})
+        samples.append(
+            {
+                "prompt_ids": ids[:first],
+                "reference": reference,
+                "reference_tokens": len(ids) - first,
+            }
+        )
     return samples
 
 
@@ -83,7 +89,8 @@ def generate_answers(model, samples: list[dict], tokenizer, *, device, zero3: bo
         output = model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
-            max_new_tokens=MAX_NEW_TOKENS,
+            # Twice the reference's length is enough to be right; longer is wrong anyway.
+            max_new_tokens=min(MAX_NEW_TOKENS, 2 * sample["reference_tokens"] + 8),
             do_sample=False,
             use_cache=True,
             synced_gpus=zero3,

@@ -106,6 +106,14 @@ def train_worker(config: dict[str, Any]) -> None:
         )
 
     stop_requested = False
+    if state.step == 0 and data["validation"]:
+        # The base model's validation loss: the yardstick every later evaluation is read against.
+        baseline = run_eval()
+        row = {"step": 0, "epoch": 0.0, "eval_loss": baseline["loss"],
+               "eval_perplexity": baseline["perplexity"]}  # fmt: skip
+        if early is not None:
+            early.update(baseline["loss"])
+        stop_requested = _stop_requested(rank, tracker, row, device)
     saved_step = state.step
     while state.step < setup.total_steps and not state.stopped_early and not stop_requested:
         started = time.perf_counter()

@@ -129,7 +129,10 @@ def resolve_target_modules(model, requested: list[str]) -> list[str]:
 def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
     """Wrap the base for lora/qlora (only adapters train) or leave it whole for full."""
     if gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):  # the transformers 5 name
+            base.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable({"use_reentrant": False})
         base.config.use_cache = False
     if method.type == "full":
         return base

@@ -51,7 +51,8 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot([r["step"] for r in history], [r["loss"] for r in history], label="train loss")
+    trained = [r for r in history if "loss" in r]
+    axes.plot([r["step"] for r in trained], [r["loss"] for r in trained], label="train loss")
     evaluated = [r for r in history if "eval_loss" in r]
     if evaluated:
         axes.plot(

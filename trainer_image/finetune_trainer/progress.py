@@ -46,9 +46,11 @@ class ProgressView:
         )
 
     def update(self, row: dict[str, Any], total_steps: int) -> None:
-        loss, speed = f"{row['loss']:.4f}", f"{row['tokens_per_second']:,.0f}"
         if "eval_loss" in row:
             self.console.print(f"step {row['step']}: validation loss {row['eval_loss']:.4f}")
+        if "loss" not in row:  # the baseline evaluation before the first step
+            return
+        loss, speed = f"{row['loss']:.4f}", f"{row['tokens_per_second']:,.0f}"
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"], loss=loss, speed=speed)
         elif (

@@ -10,7 +10,7 @@ from finetune_operator import api
 
 from finetune_trainer.data import PreparedData, build_rows
 from finetune_trainer.evaluate import GENERATION_METRICS, generation_samples
-from finetune_trainer.model import load_tokenizer, resolve_model_dir
+from finetune_trainer.model import load_tokenizer
 from finetune_trainer.schedule import steps_per_epoch, total_steps
 
 # What the data report says about the training rows (the data stage leaves them empty).
@@ -29,10 +29,8 @@ class Splits:
     steps_per_epoch: int
 
 
-def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, *, base_dir: Path) -> Splits:
-    tokenizer = load_tokenizer(
-        resolve_model_dir(spec.model, base_dir=base_dir), spec.model, spec.dataset.chat_template
-    )
+def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, model_dir: Path) -> Splits:
+    tokenizer = load_tokenizer(model_dir, spec.model, spec.dataset.chat_template)
     rows: dict[str, list[Any]] = {}
     stats: dict[str, Any] = {}
     for split in ("train", "validation", "test"):

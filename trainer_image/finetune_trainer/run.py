@@ -48,6 +48,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     from finetune_trainer import outputs, ray_train
     from finetune_trainer.data import prepare_records, write_prepared
     from finetune_trainer.deepspeed_config import plan_batch
+    from finetune_trainer.model import resolve_model_dir
     from finetune_trainer.progress import ProgressView, summary_table
     from finetune_trainer.rows import tokenize_splits
 
@@ -69,10 +70,12 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         spec.hyperparameters.batch_size, layout.world_size, spec.hyperparameters.micro_batch_size
     )
 
+    model_dir = resolve_model_dir(spec.model, base_dir=base_dir)  # a bad source fails here, early
+
     prepared = prepare_records(spec, base_dir=base_dir)
     out.local_dir.mkdir(parents=True, exist_ok=True)
     write_prepared(prepared, out.local_dir)
-    splits = tokenize_splits(prepared, spec, base_dir=base_dir)
+    splits = tokenize_splits(prepared, spec, model_dir)
     report = prepared.report | splits.stats
     (out.local_dir / outputs.DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -161,11 +164,11 @@ def _on_interrupt(tracker, previous) -> None:
 
 def _throughput(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean tokens/s over the run, and how MFU is estimated when it was measured."""
-    if not history:
-        return {}
-    result: dict[str, Any] = {
-        "tokens_per_second": sum(r["tokens_per_second"] for r in history) / len(history)
-    }
+    speeds = [r["tokens_per_second"] for r in history if "tokens_per_second" in r]
+    result: dict[str, Any] = {"tokens_per_second": sum(speeds) / len(speeds)} if speeds else {}
+    baseline = [r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r]
+    if baseline:
+        result["baseline_eval_loss"] = baseline[0]
     mfu = [r["mfu"] for r in history if "mfu" in r]
     if mfu:
         from finetune_trainer.outputs import MFU_FORMULA

@@ -127,6 +127,7 @@ def train_worker(config: dict[str, Any]) -> None:
             rank=rank,
             world_size=world,
         )
+        learning_rate = engine.get_lr()[0]  # the rate this step uses (read before it moves)
         loss, tokens, loss_tokens = _optimizer_step(
             engine, micro_batches, tokenizer.pad_token_id, device, dtype
         )
@@ -136,7 +137,7 @@ def train_worker(config: dict[str, Any]) -> None:
             "step": state.step,
             "epoch": round(state.step / setup.steps_per_epoch, 4),
             "loss": loss,
-            "learning_rate": engine.get_lr()[0],
+            "learning_rate": learning_rate,
             "tokens_per_second": tokens / elapsed,
             "loss_tokens_per_second": loss_tokens / elapsed,
         }

@@ -14,6 +14,7 @@ from typing import Any
 from finetune_operator import api
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+VERBOSE_ENV = "FINETUNE_VERBOSE"
 # A small object store: the prepared rows are the biggest objects we put in it.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 
@@ -93,7 +94,11 @@ def in_cluster() -> bool:
 
 
 def connect() -> None:
-    """Join the cluster in RAY_ADDRESS (inside a RayJob) or start a small local instance."""
+    """Join the cluster in RAY_ADDRESS (inside a RayJob) or start a small local instance.
+
+    Locally, worker logs stay in Ray's session folder unless FINETUNE_VERBOSE=1: the
+    terminal shows the progress bar, and a failure's traceback still comes back through
+    fit(). In a cluster they go to the driver's log, which is what `kubectl logs` shows."""
     import ray
 
     if ray.is_initialized():
@@ -105,7 +110,7 @@ def connect() -> None:
         num_cpus=os.cpu_count() or 1,
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
         include_dashboard=False,
-        log_to_driver=True,
+        log_to_driver=os.environ.get(VERBOSE_ENV) == "1",
     )
 
 

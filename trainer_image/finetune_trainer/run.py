@@ -47,7 +47,7 @@ def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> 
 def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     from finetune_trainer import outputs, ray_train
     from finetune_trainer.data import prepare_records, write_prepared
-    from finetune_trainer.deepspeed_config import plan_batch
+    from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
     from finetune_trainer.model import resolve_model_dir
     from finetune_trainer.progress import ProgressView, summary_table
     from finetune_trainer.rows import tokenize_splits
@@ -63,6 +63,10 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     layout = ray_train.plan_workers(
         spec.resources, workers_override=workers, cluster_gpus=gpus, cluster_cpus=cpus, local=local
     )
+    if not layout.use_gpu:  # on GPUs the workers decide, since only they see the device
+        _, precision_note = resolve_precision(spec.hyperparameters.precision, cuda=False,
+                                              bf16_supported=False)  # fmt: skip
+        layout.notes.extend([precision_note] if precision_note else [])
     for note in layout.notes:
         print(f"note: {note}")
     ray_train.check_method_supported(spec.method, layout)  # before any data or model work
@@ -93,24 +97,31 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         "output_dir": str(out.local_dir),
     }
     view = ProgressView()
-    history_path = out.local_dir / outputs.HISTORY
-    watcher = _HistoryWatcher(tracker, view, history_path)
-    watcher.start()
-    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(tracker, previous))
-    try:
-        ray_train.fit(
+    follower = _HistoryFollower(tracker, view, out.local_dir / outputs.HISTORY)
+    # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
+    # from the main thread, would abort the run without a checkpoint).
+    fitting = _Background(
+        lambda: ray_train.fit(
             setup,
             layout=layout,
             name=ray_train.run_name(job.metadata),
             storage=out.checkpoint_storage,
             spec=spec,
         )
+    )
+    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(tracker))
+    try:
+        fitting.start()
+        while fitting.is_alive():
+            fitting.join(timeout=0.5)
+            follower.poll()
+        fitting.reraise()
     except ray_train.training_failures() as error:
         print(f"finetune run: training failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         signal.signal(signal.SIGINT, previous)
-        state = watcher.finish()
+        state = follower.poll()
         view.stop()
 
     if state["final_metrics"] is None:
@@ -121,7 +132,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         )
         return EXIT_INTERRUPTED
     metrics = state["final_metrics"] | {"resumed_from_step": state["start_step"] or 0}
-    history = outputs.read_history(history_path)
+    history = outputs.read_history(out.local_dir / outputs.HISTORY)
     metrics |= _throughput(history)
     outputs.write_metrics(out.local_dir / outputs.METRICS, metrics)
     outputs.plot_loss(history, out.local_dir / outputs.LOSS_PLOT)
@@ -155,7 +166,7 @@ def _stop_at_step() -> int | None:
     return int(value) if value else None
 
 
-def _on_interrupt(tracker, previous) -> None:
+def _on_interrupt(tracker) -> None:
     """First Ctrl-C: every rank finishes its step, saves a checkpoint and leaves. Second: abort."""
     print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)")
     tracker.request_stop.remote()
@@ -181,27 +192,34 @@ def _throughput(history: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-class _HistoryWatcher(threading.Thread):
-    """Polls the tracker: appends rows to history.jsonl and moves the progress bar."""
+class _Background(threading.Thread):
+    """Runs one call in a daemon thread and keeps what it raised for the caller."""
+
+    def __init__(self, call) -> None:
+        super().__init__(daemon=True, name="finetune-fit")
+        self.call = call
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call()
+        except BaseException as error:  # handed to the main thread by reraise()
+            self.error = error
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class _HistoryFollower:
+    """Reads the tracker: appends rows to history.jsonl and moves the progress bar."""
 
     def __init__(self, tracker, view, history_path: Path) -> None:
-        super().__init__(daemon=True, name="finetune-history")
         self.tracker, self.view, self.history_path = tracker, view, history_path
-        self.done = threading.Event()
         self.started_view = False
         self.state: dict[str, Any] = {}
 
-    def run(self) -> None:
-        while not self.done.wait(0.5):
-            self._poll()
-
-    def finish(self) -> dict[str, Any]:
-        self.done.set()
-        self.join()
-        self._poll()
-        return self.state
-
-    def _poll(self) -> None:
+    def poll(self) -> dict[str, Any]:
         import ray
 
         from finetune_trainer import outputs
@@ -216,3 +234,4 @@ class _HistoryWatcher(threading.Thread):
         for row in state["rows"]:
             self.view.update(row, state["total_steps"])
         self.state = state | {"rows": []}
+        return self.state

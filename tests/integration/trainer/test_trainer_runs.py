@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_trainer.run import EXIT_INTERRUPTED, STOP_AT_STEP_ENV, run_command
+from finetune_trainer.schedule import lr_multiplier
 from trainer_helpers import make_manifest, write_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -137,3 +138,9 @@ def test_an_interrupted_run_resumes_at_its_checkpoint(local_ray, job_dir, monkey
     assert trained == [1, 2, 3, 4, 5, 6]  # continued at 3, nothing repeated or lost
     assert [r["step"] for r in history(out) if "eval_loss" in r] == [0, 3, 6]
     assert metrics["steps"] == 6
+    # The scheduler's state came back too: every step used the rate of an unbroken run.
+    peak = manifest["spec"]["hyperparameters"]["learningRate"]
+    for row in history(out):
+        if "loss" in row:
+            expected = peak * lr_multiplier(row["step"] - 1, total=6, warmup=0, kind="cosine")
+            assert row["learning_rate"] == pytest.approx(expected), row

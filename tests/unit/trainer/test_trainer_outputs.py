@@ -64,3 +64,16 @@ def test_model_card_of_a_full_fine_tune_points_at_model():
     card = outputs.model_card(job, {}, {})
     assert "AutoModelForCausalLM.from_pretrained('model')" in card
     assert "PeftModel" not in card and "LoRA" not in card
+
+
+def test_upload_copies_the_whole_tree_to_the_destination(tmp_path):
+    """fsspec's in-memory filesystem stands in for s3:// (same put_file calls)."""
+    import fsspec
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text('{"eval_loss": 1.0}')
+    outputs.upload_dir(tmp_path, "memory://bucket/runs/one")
+    filesystem = fsspec.filesystem("memory")
+    assert filesystem.cat_file("/bucket/runs/one/metrics.json") == b'{"eval_loss": 1.0}'
+    assert filesystem.exists("/bucket/runs/one/adapter/adapter_config.json")

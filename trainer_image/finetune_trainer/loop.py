@@ -113,6 +113,7 @@ def train_worker(config: dict[str, Any]) -> None:
                "eval_perplexity": baseline["perplexity"]}  # fmt: skip
         if early is not None:
             early.update(baseline["loss"])
+            state.early_stopping = early.state_dict()
         stop_requested = _stop_requested(rank, tracker, row, device)
     saved_step = state.step
     while state.step < setup.total_steps and not state.stopped_early and not stop_requested:
@@ -188,7 +189,9 @@ def _device() -> torch.device:
     if torch.cuda.is_available():
         import ray.train.torch
 
-        return ray.train.torch.get_device()
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)  # DeepSpeed and bitsandbytes use the current device
+        return device
     return torch.device("cpu")
 
 

@@ -74,8 +74,11 @@ def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quanti
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
     if quantize_4bit:
+        import torch
         from transformers import BitsAndBytesConfig
 
+        # bitsandbytes quantises while loading onto the GPU, so load straight onto this rank's.
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +142,23 @@ def _plain(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def s3_endpoint() -> str | None:
+    """On-prem S3-compatible stores (MinIO, Ceph) are reached through an explicit endpoint."""
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+
+
+def s3_options(uri: str) -> dict[str, Any]:
+    endpoint = s3_endpoint()
+    if uri.startswith("s3://") and endpoint:
+        return {"client_kwargs": {"endpoint_url": endpoint}}
+    return {}
+
+
 def upload_dir(local: Path, uri: str) -> None:
     """Copy everything under `local` to an s3:// prefix (checkpoints go there through Ray)."""
     import fsspec
 
-    filesystem, root = fsspec.core.url_to_fs(uri)
+    filesystem, root = fsspec.core.url_to_fs(uri, **s3_options(uri))
     for path in sorted(local.rglob("*")):
         if path.is_file():
             filesystem.put_file(

@@ -178,6 +178,21 @@ def start_tracker(stop_at_step: int | None):
     return ray.remote(num_cpus=0)(ProgressTracker).remote(stop_at_step)
 
 
+def checkpoint_storage(storage: str) -> dict[str, Any]:
+    """RunConfig storage arguments; an S3 endpoint (MinIO, Ceph) needs an explicit filesystem."""
+    from finetune_trainer.outputs import s3_endpoint
+
+    endpoint = s3_endpoint()
+    if not (storage.startswith("s3://") and endpoint):
+        return {"storage_path": storage}
+    import pyarrow.fs
+
+    return {
+        "storage_path": storage.removeprefix("s3://"),
+        "storage_filesystem": pyarrow.fs.S3FileSystem(endpoint_override=endpoint),
+    }
+
+
 def fit(
     setup: dict[str, Any],
     *,
@@ -203,7 +218,7 @@ def fit(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
+            **checkpoint_storage(storage),
             failure_config=FailureConfig(max_failures=spec.run_policy.backoff_limit),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpointing.keep),
         ),

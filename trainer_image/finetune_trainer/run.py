@@ -124,6 +124,9 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         state = follower.poll()
         view.stop()
 
+    if state["final_metrics"] is None and state["last_checkpoint"] is None:
+        print("interrupted before the first checkpoint; nothing to resume from")
+        return EXIT_INTERRUPTED
     if state["final_metrics"] is None:
         step = state["last_checkpoint"]
         print(

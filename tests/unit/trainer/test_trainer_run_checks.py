@@ -105,3 +105,18 @@ def test_output_destinations(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_PVC_ROOT", str(tmp_path / "pvc"))
     pvc = resolve_output("pvc://shared/runs/b", None, tmp_path)
     assert pvc.local_dir == tmp_path / "pvc" / "shared" / "runs" / "b"
+
+
+def test_checkpoints_on_s3_compatible_storage_use_its_endpoint(monkeypatch):
+    from finetune_trainer.ray_train import checkpoint_storage
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
+    assert checkpoint_storage("s3://bucket/run/checkpoints") == {
+        "storage_path": "s3://bucket/run/checkpoints"
+    }
+    assert checkpoint_storage("/data/run/checkpoints") == {"storage_path": "/data/run/checkpoints"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.storage:9000")
+    on_prem = checkpoint_storage("s3://bucket/run/checkpoints")
+    assert on_prem["storage_path"] == "bucket/run/checkpoints"
+    assert type(on_prem["storage_filesystem"]).__name__ == "S3FileSystem"

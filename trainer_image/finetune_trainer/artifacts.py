@@ -63,7 +63,11 @@ def merge_adapter(
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    # Under ZeRO-3 from_pretrained would partition the weights collectively, but only rank 0
+    # is here: training is over, so load as a plain model.
+    unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(
         base_dir, dtype=torch.float32, trust_remote_code=model_spec.trust_remote_code
     )

@@ -206,6 +206,9 @@ def _build_engine(
     import deepspeed
 
     hp = spec.hyperparameters
+    # Ray Train already made the process group; DeepSpeed adopts it (its config reads the
+    # world size from it, and ZeRO-3's HfDeepSpeedConfig parses the config right below).
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
     dschf = None
     if spec.deepspeed.zero_stage == 3:
         from transformers.integrations import HfDeepSpeedConfig

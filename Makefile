@@ -3,7 +3,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-CRD := crds/finetune.io_finetunejobs.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-unit verify generate bench clean
@@ -31,10 +30,10 @@ test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest tests/unit
 
 generate: setup ## regenerate the CRD from the API models
-	$(PY) -m finetune_operator.crd $(CRD)
+	$(PY) -m finetune_operator.crd
 
 verify: setup ## fail on a stale CRD, lint or type errors
-	$(PY) -m finetune_operator.crd --check $(CRD)
+	$(PY) -m finetune_operator.crd --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

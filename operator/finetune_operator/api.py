@@ -54,7 +54,8 @@ def is_set(path: str) -> str:
 
 
 def validations(*rules: dict[str, str]) -> ConfigDict:
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
+    entries: list[Any] = list(rules)
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": entries})
 
 
 class ApiModel(BaseModel):
@@ -199,8 +200,7 @@ class DatasetSpec(ApiModel):
     )
     validation_split: float = Field(
         0.05,
-        description="Fraction of train held out for validation when no validation source "
-        "is given.",
+        description="Fraction of train held out for validation when no validation source is given.",
         ge=0,
         lt=1,
     )
@@ -299,9 +299,7 @@ class Hyperparameters(ApiModel):
         "auto",
         description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.",
     )
-    seed: int = Field(
-        42, description="Seed for data splits, shuffling and initialisation.", ge=0
-    )
+    seed: int = Field(42, description="Seed for data splits, shuffling and initialisation.", ge=0)
 
 
 class EarlyStopping(ApiModel):
@@ -325,7 +323,7 @@ class EvaluationSpec(ApiModel):
         None, description="Stop when the validation loss stops improving."
     )
     metrics: list[EvalMetric] = Field(
-        default_factory=lambda: ["loss", "perplexity"],
+        default_factory=lambda: list[EvalMetric](["loss", "perplexity"]),
         description="loss and perplexity on validation and test; accuracy (token), "
         "exact_match, bleu and rouge (ROUGE-L) on the test set.",
         max_length=6,
@@ -355,9 +353,7 @@ class DeepSpeedSpec(ApiModel):
 
     zero_stage: int = Field(2, description="DeepSpeed ZeRO stage (0-3).", ge=0, le=3)
     offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory.")
-    offload_params: bool = Field(
-        False, description="Keep parameters in CPU memory (ZeRO-3 only)."
-    )
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3 only).")
 
 
 class Toleration(ApiModel):
@@ -406,7 +402,9 @@ class CheckpointingSpec(ApiModel):
     every_steps: int = Field(
         500, description="Save a resumable checkpoint every N optimizer steps.", ge=1
     )
-    keep: int = Field(2, description="Newest checkpoints kept; older ones are deleted.", ge=1, le=100)
+    keep: int = Field(
+        2, description="Newest checkpoints kept; older ones are deleted.", ge=1, le=100
+    )
 
 
 class OutputSpec(ApiModel):
@@ -619,12 +617,16 @@ class FineTuneJob(BaseModel):
     api_version: Literal["finetune.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["FineTuneJob"]
     metadata: ObjectMeta
-    spec: FineTuneJobSpec
-    status: FineTuneJobStatus | None = None
+    spec: FineTuneJobSpec = Field(description="What to fine-tune, on which data, how and where.")
+    status: FineTuneJobStatus | None = Field(
+        None, description="Observed state, written by the operator."
+    )
 
 
 FROZEN_WHILE_RUNNING = [
-    to_camel(name) for name in FineTuneJobSpec.model_fields if to_camel(name) not in MUTABLE_WHILE_RUNNING
+    to_camel(name)
+    for name in FineTuneJobSpec.model_fields
+    if to_camel(name) not in MUTABLE_WHILE_RUNNING
 ]
 
 # Rules on the whole object: what only the object root can see (its name, its status).

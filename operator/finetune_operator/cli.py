@@ -29,23 +29,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from finetune_operator.render import render_children
 
-    return render_children(Path(args.file), image=args.image, output=sys.stdout)
+    return int(render_children(Path(args.file), image=args.image, output=sys.stdout))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from finetune_trainer.data.command import prepare_command
 
-    return prepare_command(Path(args.file), Path(args.output))
+    return int(prepare_command(Path(args.file), Path(args.output)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from finetune_trainer.run import run_command
 
-    return run_command(
-        Path(args.file),
-        output=Path(args.output) if args.output else None,
-        workers=args.workers,
-    )
+    output = Path(args.output) if args.output else None
+    return int(run_command(Path(args.file), output=output, workers=args.workers))
 
 
 def build_parser() -> argparse.ArgumentParser:

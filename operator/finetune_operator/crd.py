@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import to_jsonable_python
 
 from finetune_operator import api
 
 CRD_PATH = Path("crds") / f"{api.GROUP}_{api.PLURAL}.yaml"
+# Helm installs what is in a chart's crds/ before its templates; the chart ships the same file.
+OUTPUT_PATHS = (CRD_PATH, Path("charts/finetune-operator/crds") / CRD_PATH.name)
 HEADER = "# Generated from operator/finetune_operator/api.py by `make generate`. Do not edit.\n"
 
 PRINTER_COLUMNS = [
@@ -39,6 +43,17 @@ ALLOWED_KEYWORDS = {
     "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string", "x-kubernetes-map-type",
 }  # fmt: skip
+
+
+class _SchemaWithFactoryDefaults(GenerateJsonSchema):
+    """pydantic leaves `default_factory` defaults out of the schema; the API server needs
+    them so that defaulted objects (and the CEL rules reading them) see every field."""
+
+    def get_default_value(self, schema: Any) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return to_jsonable_python(factory(), by_alias=True)
+        return schema.get("default", NoDefault)
 
 
 def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +103,9 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_schema() -> dict[str, Any]:
     """The FineTuneJob's openAPIV3Schema."""
-    raw = api.FineTuneJob.model_json_schema(by_alias=True, mode="validation")
+    raw = api.FineTuneJob.model_json_schema(
+        by_alias=True, mode="validation", schema_generator=_SchemaWithFactoryDefaults
+    )
     defs = raw.get("$defs", {})
     root = to_structural(raw, defs)
     root["properties"]["metadata"] = {"type": "object"}
@@ -152,7 +169,9 @@ def structural_problems(node: Any, path: str = "") -> list[str]:
     if not isinstance(node, dict):
         return [f"{path or '<root>'}: schema node is not an object"]
     where = path or "<root>"
-    problems = [f"{where}: keyword {key!r} not allowed" for key in node if key not in ALLOWED_KEYWORDS]
+    problems = [
+        f"{where}: keyword {key!r} not allowed" for key in node if key not in ALLOWED_KEYWORDS
+    ]
     if "type" not in node and not (
         node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
     ):
@@ -173,24 +192,22 @@ def structural_problems(node: Any, path: str = "") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m finetune_operator.crd [--check] [PATH]`: write the CRD, or check it is fresh."""
+    """`python -m finetune_operator.crd [--check]`: write the CRDs, or check they are fresh."""
     args = list(sys.argv[1:] if argv is None else argv)
-    check = "--check" in args
-    args = [a for a in args if a != "--check"]
-    path = Path(args[0]) if args else CRD_PATH
     text = render()
     problems = structural_problems(crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    if check:
-        if not path.exists() or path.read_text() != text:
+    if "--check" in args:
+        stale = [p for p in OUTPUT_PATHS if not p.exists() or p.read_text() != text]
+        for path in stale:
             print(f"{path} is stale: run `make generate` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
+        return 1 if stale else 0
+    for path in OUTPUT_PATHS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

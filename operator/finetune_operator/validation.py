@@ -23,6 +23,7 @@ import celpy
 import jsonschema
 import pydantic
 import yaml
+from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from finetune_operator import api, crd
@@ -108,7 +109,9 @@ def load_job_file(path: Path) -> api.FineTuneJob:
         raise InvalidSpec([Problem("", line) for line in lines])
     documents = list(_load_yaml_documents(path.read_text(encoding="utf-8")))
     if len(documents) != 1:
-        raise InvalidSpec([Problem("", f"{path}: expected one FineTuneJob, found {len(documents)}")])
+        raise InvalidSpec(
+            [Problem("", f"{path}: expected one FineTuneJob, found {len(documents)}")]
+        )
     return api.FineTuneJob.model_validate(documents[0])
 
 
@@ -122,7 +125,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     keys: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in keys:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -135,7 +138,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def _load_yaml_documents(text: str) -> Iterator[Any]:
-    for document in yaml.load_all(text, Loader=_StrictLoader):  # noqa: S506 (safe loader)
+    for document in yaml.load_all(text, Loader=_StrictLoader):
         if document is not None:
             yield document
 
@@ -261,7 +264,9 @@ def _schema_problems(obj: dict[str, Any]) -> list[Problem]:
         if error.validator == "required":
             missing = re.match(r"'([^']+)'", error.message)
             name = missing.group(1) if missing else "?"
-            problems.append(Problem(f"{path}.{name}" if path else name, "required field is missing"))
+            problems.append(
+                Problem(f"{path}.{name}" if path else name, "required field is missing")
+            )
             continue
         problems.append(Problem(path, error.message))
     return problems
@@ -297,7 +302,7 @@ def _walk_rules(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iter
             variables["oldSelf"] = _to_cel(old, schema)
         try:
             passed = bool(_program(rule["rule"]).evaluate(variables))
-        except celpy.CELEvalError as error:
+        except CELEvalError as error:
             passed = False
             rule = {**rule, "message": f"{rule['message']} (rule failed to evaluate: {error})"}
         if not passed:
@@ -314,7 +319,7 @@ def _walk_rules(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iter
 
 
 def _to_cel(value: Any, schema: dict[str, Any]) -> Any:
-    return celpy.json_to_cel(_typed(value, schema))
+    return json_to_cel(_typed(value, schema))
 
 
 def _typed(value: Any, schema: dict[str, Any]) -> Any:

@@ -75,7 +75,7 @@ def resolve_local(uri: str, *, base_dir: Path | None = None) -> Path:
     return path
 
 
-def _s3_filesystem() -> Any:
+def s3_filesystem() -> Any:
     import fsspec
 
     # s3fs reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL from the
@@ -93,7 +93,7 @@ def open_uri(uri: str, mode: str = "rb", *, base_dir: Path | None = None) -> IO[
     """Open a local, file://, pvc:// or s3:// object."""
     location = parse_uri(uri)
     if location.scheme == "s3":
-        return _s3_filesystem().open(s3_url(location), mode)
+        return s3_filesystem().open(s3_url(location), mode)
     if location.scheme == "hf":
         raise ValueError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
     return open(resolve_local(uri, base_dir=base_dir), mode)  # the caller closes it
@@ -106,7 +106,7 @@ def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -
         raise ValueError(f"{uri}: hf:// is fetched by the Hugging Face libraries")
     if location.scheme != "s3":
         return resolve_local(uri, base_dir=base_dir)
-    fs = _s3_filesystem()
+    fs = s3_filesystem()
     remote = s3_url(location)
     target = cache_dir / location.bucket / location.path
     if fs.isdir(remote):

@@ -7,22 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from data_helpers import QUICKSTART_DATA
-from data_helpers import make_job as _make_job
-from data_helpers import make_spec as _make_spec
-from finetune_operator import api
+
+from tests.unit.data.data_helpers import QUICKSTART_DATA
+from tests.unit.data.data_helpers import make_job as _make_job
 
 
 @pytest.fixture
 def make_job() -> Callable[..., dict[str, Any]]:
     """Factory: make_job(**overrides) -> a valid manifest, overrides deep-merged into spec."""
     return _make_job
-
-
-@pytest.fixture
-def make_spec() -> Callable[..., api.FineTuneJobSpec]:
-    """Factory: make_spec(**overrides) -> the validated spec of make_job(**overrides)."""
-    return _make_spec
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +50,15 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-home" / "datasets")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """The tiny model's matrices are too small to gain from threads, and on a busy 2-core
+    runner torch's thread pool spins: one test took 76 s with two threads, 3.5 s with one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

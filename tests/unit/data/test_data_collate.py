@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from data_helpers import chat, make_spec
 from finetune_trainer.data import build_rows, collate_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX
+
+from tests.unit.data.data_helpers import chat, make_spec
 
 
 @pytest.fixture(scope="module")

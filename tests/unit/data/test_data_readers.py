@@ -6,10 +6,11 @@ import json
 
 import fsspec
 import pytest
-from data_helpers import arithmetic_records, chat, make_spec, write_jsonl
 from finetune_trainer import storage
 from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.readers import HF_MIRROR_ENV
+
+from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
 
 RECORDS = {
     "messages": [chat(f"Question {i}?", f"Answer number {i}.") for i in range(20)],
@@ -137,7 +138,45 @@ def test_s3_prefix_lists_and_streams_objects_in_order(monkeypatch):
     memory.pipe("/bucket/sets/2.jsonl", "".join(json.dumps(r) + "\n" for r in records[6:]).encode())
     memory.pipe("/bucket/sets/1.jsonl", "".join(json.dumps(r) + "\n" for r in records[:6]).encode())
     memory.pipe("/bucket/sets/notes.txt", b"ignored")
-    monkeypatch.setattr(storage, "_s3_filesystem", lambda: memory)
+    monkeypatch.setattr(storage, "s3_filesystem", lambda: memory)
     prepared = prepare_records(spec_for("s3://bucket/sets"))
     assert prepared.train == records
     assert [f["records"] for f in prepared.report["sources"][0]["files"]] == [6, 6]
+
+
+def test_corrupt_parquet_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "train.parquet").write_bytes(b"PAR1 but not really parquet")
+    with pytest.raises(DataError, match=r"train\.parquet: not a readable Parquet file"):
+        prepare_records(spec_for("train.parquet", "text"), base_dir=tmp_path)
+
+
+def test_gzipped_jsonl_and_openai_content_parts(tmp_path):
+    import gzip
+    import hashlib
+
+    parts = [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there?"}]
+    image = [{"type": "image_url", "image_url": "x"}]
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": parts},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": image},
+                {"role": "assistant", "content": "A cat."},
+            ]
+        },
+        *arithmetic_records(20),
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress(data))
+    prepared = prepare_records(spec_for("train.jsonl.gz"), base_dir=tmp_path)
+    assert prepared.train[0] == chat("Hi\nthere?", "Hello.")
+    assert prepared.report["malformed"]["first"][0]["line"] == 2
+    assert "non-text part (image_url)" in prepared.report["malformed"]["first"][0]["reason"]
+    (file_lineage,) = prepared.report["sources"][0]["files"]
+    expected = hashlib.sha256((tmp_path / "train.jsonl.gz").read_bytes()).hexdigest()
+    assert file_lineage["sha256"] == expected and file_lineage["records"] == 22

@@ -73,7 +73,7 @@ def test_fetch_to_cache_copies_a_prefix(tmp_path, monkeypatch):
     memory = fsspec.filesystem("memory")
     memory.pipe("/bucket/models/tiny/config.json", b"{}")
     memory.pipe("/bucket/models/tiny/weights/part-1.bin", b"abc")
-    monkeypatch.setattr(storage, "_s3_filesystem", lambda: memory)
+    monkeypatch.setattr(storage, "s3_filesystem", lambda: memory)
     local = storage.fetch_to_cache("s3://bucket/models/tiny", tmp_path)
     assert (local / "config.json").read_bytes() == b"{}"
     assert (local / "weights" / "part-1.bin").read_bytes() == b"abc"

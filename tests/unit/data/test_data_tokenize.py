@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from data_helpers import chat, make_spec
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX, tokenize_record
+
+from tests.unit.data.data_helpers import chat, make_spec
 
 
 def labelled_text(tokenizer, ids, labels) -> str:
@@ -34,7 +35,20 @@ def test_only_assistant_turns_carry_loss(tiny_tokenizer):
     )
     # The token ids are exactly those of the rendered conversation.
     rendered = tiny_tokenizer.apply_chat_template(record["messages"], tokenize=False)
-    assert tiny_tokenizer.decode(doc.input_ids) == rendered
+    assert doc.input_ids == tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_tokenizers_without_offsets_label_the_same_tokens(tiny_tokenizer):
+    from finetune_trainer.data.tokenize import _encode_pieces, _render_with_spans
+
+    record = chat("What is 2 plus 3?", "2 plus 3 is 5.", system="Answer briefly.")
+    text, spans = _render_with_spans(record["messages"], tiny_tokenizer, None)
+    pieces = _encode_pieces(text, spans, tiny_tokenizer, train_on_prompt=False)
+    assert (
+        labelled_text(tiny_tokenizer, pieces.input_ids, pieces.labels)
+        == "2 plus 3 is 5.<|im_end|>\n"
+    )
+    assert tiny_tokenizer.decode(pieces.input_ids) == text
 
 
 def test_train_on_prompt_labels_every_token(tiny_tokenizer):
@@ -54,7 +68,10 @@ def test_custom_chat_template_without_generation_markers(tiny_tokenizer):
     doc = tokenize_record(
         record, "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
     )
-    assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == "stone reversed is enots.\n"
+    # "[assistant] stone" tokenises with a " st" merge across the boundary: that token
+    # carries answer characters, so it is learned too.
+    learned = labelled_text(tiny_tokenizer, doc.input_ids, doc.labels)
+    assert learned in (" stone reversed is enots.\n", "stone reversed is enots.\n")
 
 
 def test_template_that_rewrites_earlier_turns_still_masks_the_prompt(tiny_tokenizer):
@@ -68,7 +85,8 @@ def test_template_that_rewrites_earlier_turns_still_masks_the_prompt(tiny_tokeni
     doc = tokenize_record(
         record, "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
     )
-    assert labelled_text(tiny_tokenizer, doc.input_ids, doc.labels) == "1 plus 1 is 2."
+    learned = labelled_text(tiny_tokenizer, doc.input_ids, doc.labels)
+    assert learned.lstrip() == "1 plus 1 is 2."
 
 
 @pytest.mark.parametrize(
@@ -144,7 +162,7 @@ def test_chunks_without_any_answer_tokens_are_not_kept(tiny_tokenizer):
     ).dataset
     rows, stats = build_rows([long_prompt], "messages", tiny_tokenizer, dataset)
     assert rows == []
-    assert stats["overlength"]["truncated"] == 1
+    assert stats["overlength"] == {"truncated": 0, "dropped": 1, "chunked": 0}
 
 
 def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
@@ -169,3 +187,63 @@ def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
             assert row["position_ids"][start:end] == list(range(end - start))
     assert documents == len(records)
     assert packed_stats["padding_ratio"] < unpacked_stats["padding_ratio"]
+
+
+def test_a_tokenizer_without_chat_template_needs_one_in_the_spec(tiny_model_dir):
+    from finetune_trainer.data import DataError
+    from transformers import AutoTokenizer
+
+    bare = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bare.chat_template = None
+    with pytest.raises(DataError, match=r"spec\.dataset\.chatTemplate"):
+        build_rows([SHORT], "messages", bare, make_spec().dataset)
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    rows, _ = build_rows(
+        [SHORT], "messages", bare, make_spec(dataset={"chatTemplate": template}).dataset
+    )
+    assert (
+        bare.decode(rows[0]["input_ids"]) == "user: What is 1 plus 1?\nassistant: 1 plus 1 is 2.\n"
+    )
+    text_rows, _ = build_rows([{"text": "plain"}], "text", bare, make_spec().dataset)
+    assert len(text_rows) == 1
+
+
+def test_packing_is_near_optimal_and_keeps_every_document():
+    import math
+    import random
+
+    from finetune_trainer.data.packing import _pack_lengths
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 1500) for _ in range(5000)]
+    rows = _pack_lengths(lengths, 2048)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 2048 for row in rows)
+    assert len(rows) <= math.ceil(sum(lengths) / 2048) * 1.01
+
+
+def test_token_stats_match_build_rows_without_keeping_rows(tiny_tokenizer):
+    from finetune_trainer.data.packing import token_stats
+
+    records = [LONG, SHORT, *(chat(f"Say {i}.", f"{i} " * (i % 30 + 1)) for i in range(60))]
+    for packing in (True, False):
+        dataset = make_spec(
+            dataset={"maxSeqLength": 96, "packing": packing, "cleaning": {"overlength": "chunk"}}
+        ).dataset
+        _, from_rows = build_rows(records, "messages", tiny_tokenizer, dataset)
+        streamed = token_stats(iter(records), "messages", tiny_tokenizer, dataset)
+        assert streamed == from_rows
+
+
+def test_a_template_that_rejects_a_conversation_gives_a_clear_error(tiny_tokenizer):
+    from finetune_trainer.data import DataError
+
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    dataset = make_spec(dataset={"chatTemplate": template}).dataset
+    record = chat("Hi?", "Hello.", system="Be brief.")
+    with pytest.raises(DataError, match=r"system/user/assistant.*System role not supported"):
+        build_rows([record], "messages", tiny_tokenizer, dataset)

@@ -1,7 +1,13 @@
 """The data stage: read, clean, dedup, redact, split, check leakage, tokenise and pack."""
 
-from finetune_trainer.data.packing import build_rows
-from finetune_trainer.data.pipeline import PreparedData, prepare_records, write_prepared
+from finetune_trainer.data.packing import build_rows, token_stats
+from finetune_trainer.data.pipeline import (
+    PreparedData,
+    prepare_records,
+    stream_prepared,
+    write_prepared,
+    write_report,
+)
 from finetune_trainer.data.readers import DataError
 
 __all__ = [
@@ -10,7 +16,10 @@ __all__ = [
     "build_rows",
     "collate_rows",
     "prepare_records",
+    "stream_prepared",
+    "token_stats",
     "write_prepared",
+    "write_report",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,28 +11,28 @@ from finetune_operator import api
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import storage
-from finetune_trainer.data.packing import build_rows
-from finetune_trainer.data.pipeline import PreparedData, prepare_records, write_prepared
+from finetune_trainer.data.packing import token_stats
+from finetune_trainer.data.pipeline import stream_prepared, write_report
 from finetune_trainer.data.readers import DataError
 from finetune_trainer.data.report import summary_lines
 
 
 def prepare_command(job_path: Path, output_dir: Path) -> int:
     """Run the data stage of a job file; 0 on success, 1 with a one-line error otherwise."""
+    base_dir = job_path.parent.resolve()
     try:
         job = load_job_file(job_path)
-        prepared = prepare_records(job.spec, base_dir=job_path.parent.resolve())
+        report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
     except InvalidSpec as error:
-        return _fail(f"{job_path}: invalid job: {error}")
-    except (DataError, OSError) as error:
+        return _fail(str(error))  # already "FILE: spec.path: reason"
+    except DataError as error:
         return _fail(str(error))
-    tokenizer, note = load_tokenizer(job.spec.model, base_dir=job_path.parent.resolve())
-    add_token_stats(prepared, tokenizer, job.spec.dataset, note)
-    try:
-        write_prepared(prepared, output_dir)
     except OSError as error:
-        return _fail(f"{output_dir}: cannot write: {error.strerror or error}")
-    for line in summary_lines(prepared.report):
+        return _fail(f"{error.filename or output_dir}: {error.strerror or error}")
+    tokenizer, note = load_tokenizer(job.spec.model, base_dir=base_dir)
+    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
+    write_report(report, output_dir)
+    for line in summary_lines(report):
         print(line)
     print(f"wrote {output_dir}/{{train,validation,test}}.jsonl and data_report.json")
     return 0
@@ -46,13 +47,13 @@ def load_tokenizer(model: api.ModelSpec, *, base_dir: Path | None) -> tuple[Any,
     """The model's tokenizer if it can be loaded without downloading weights; else a reason."""
     location = storage.parse_uri(model.source)
     if location.scheme == "s3":
-        return None, "tokenizer not loaded: prepare does not fetch s3:// models"
+        return None, "prepare does not fetch s3:// models to load their tokenizer"
     if location.scheme == "hf":
         name, options = location.bucket, {"revision": model.revision}
     else:
         path = storage.resolve_local(model.source, base_dir=base_dir)
         if not path.is_dir():
-            return None, f"tokenizer not loaded: model directory {path} not found"
+            return None, f"model directory {path} not found"
         name, options = str(path), {}
     from transformers import AutoTokenizer
 
@@ -64,19 +65,29 @@ def load_tokenizer(model: api.ModelSpec, *, base_dir: Path | None) -> tuple[Any,
         first_line = (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )
-        return None, f"tokenizer not loaded from {model.source}: {first_line}"
+        return None, f"cannot load the tokenizer of {model.source}: {first_line}"
     return tokenizer, None
 
 
 def add_token_stats(
-    prepared: PreparedData, tokenizer: Any, dataset: api.DatasetSpec, note: str | None
+    report: dict[str, Any],
+    train_file: Path,
+    tokenizer: Any,
+    dataset: api.DatasetSpec,
+    note: str | None,
 ) -> None:
-    """Fill tokens, padding_ratio and overlength in the report from the training rows."""
+    """Fill tokens, padding_ratio and overlength in the report from the training records."""
     if tokenizer is None:
-        prepared.report["tokenizer_note"] = note
+        report["tokenizer_note"] = note
         return
-    _, stats = build_rows(prepared.train, prepared.format, tokenizer, dataset)
-    prepared.report.update(
+    with open(train_file, encoding="utf-8") as lines:
+        records = (json.loads(line) for line in lines)
+        try:
+            stats = token_stats(records, report["format"], tokenizer, dataset)
+        except DataError as error:
+            report["tokenizer_note"] = str(error)
+            return
+    report.update(
         tokens=stats["tokens"],
         loss_tokens=stats["loss_tokens"],
         rows=stats["rows"],

@@ -51,13 +51,27 @@ def _check_messages(obj: dict[str, Any]) -> dict[str, Any]:
         role = message.get("role")
         if role not in ROLES:
             raise MalformedRecord(f"messages[{index}].role must be one of {ROLES}, got {role!r}")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise MalformedRecord(f"messages[{index}].content must be a string")
-        checked.append({"role": role, "content": content})
+        checked.append({"role": role, "content": _content(message.get("content"), index)})
     if not any(m["role"] == "assistant" and m["content"].strip() for m in checked):
         raise MalformedRecord("no non-empty assistant message (nothing to learn)")
     return {"messages": checked}
+
+
+def _content(content: Any, index: int) -> str:
+    """A message's text; OpenAI-style lists of text parts are joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text"):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise MalformedRecord(f"messages[{index}].content has a non-text part ({kind})")
+            if not isinstance(part.get("text"), str):
+                raise MalformedRecord(f"messages[{index}].content text part has no string 'text'")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise MalformedRecord(f"messages[{index}].content must be a string or a list of text parts")
 
 
 def _check_alpaca(obj: dict[str, Any]) -> dict[str, Any]:

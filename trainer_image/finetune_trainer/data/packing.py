@@ -8,10 +8,13 @@ the previous document's last token.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer.data.readers import DataError
 from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, tokenize_record
 
 
@@ -19,10 +22,46 @@ def build_rows(
     records: list[dict], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
 ) -> tuple[list[dict], dict]:
     """Tokenised rows of at most dataset.maxSeqLength tokens, and their statistics."""
+    overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
+    documents = list(_documents(records, fmt, tokenizer, dataset, overlength))
+    limit = dataset.max_seq_length
+    if dataset.packing:
+        layout = _pack_lengths([len(d.input_ids) for d in documents], limit)
+    else:
+        layout = [[i] for i in range(len(documents))]
+    rows = [_row([documents[i] for i in row]) for row in layout]
+    lengths = [len(d.input_ids) for d in documents]
+    losses = [d.loss_tokens for d in documents]
+    return rows, _stats(layout, lengths, losses, overlength, limit)
+
+
+def token_stats(
+    records: Iterable[dict], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
+) -> dict:
+    """The statistics of build_rows, keeping two integers per document instead of rows."""
+    overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
+    lengths, losses = [], []
+    for document in _documents(records, fmt, tokenizer, dataset, overlength):
+        lengths.append(len(document.input_ids))
+        losses.append(document.loss_tokens)
+    limit = dataset.max_seq_length
+    layout = (
+        _pack_lengths(lengths, limit) if dataset.packing else [[i] for i in range(len(lengths))]
+    )
+    return _stats(layout, lengths, losses, overlength, limit)
+
+
+def _documents(
+    records: Iterable[dict],
+    fmt: str,
+    tokenizer: Any,
+    dataset: api.DatasetSpec,
+    overlength: dict[str, int],
+) -> Iterator[Document]:
+    """Tokenised documents within maxSeqLength, the over-length policy applied and counted."""
     limit = dataset.max_seq_length
     policy = dataset.cleaning.overlength
-    overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
-    documents: list[Document] = []
+    _check_template(fmt, tokenizer, dataset)
     for record in records:
         document = tokenize_record(
             record,
@@ -31,15 +70,28 @@ def build_rows(
             chat_template=dataset.chat_template,
             train_on_prompt=dataset.train_on_prompt,
         )
-        pieces = [document]
-        if len(document.input_ids) > limit:
-            overlength[
-                {"truncate": "truncated", "drop": "dropped", "chunk": "chunked"}[policy]
-            ] += 1
-            pieces = [] if policy == "drop" else _cut(document, limit, policy == "chunk")
-        documents += [_mask_first(p) for p in pieces if p.loss_tokens > 0]
-    rows = _pack(documents, limit) if dataset.packing else [_row([d]) for d in documents]
-    return rows, _stats(rows, documents, overlength, limit)
+        if len(document.input_ids) <= limit:
+            yield _mask_first(document)
+            continue
+        pieces = [] if policy == "drop" else _cut(document, limit, policy == "chunk")
+        pieces = [p for p in pieces if p.loss_tokens > 0]
+        # A truncation that cut off the whole answer leaves nothing to learn: dropped.
+        action = {"truncate": "truncated", "drop": "dropped", "chunk": "chunked"}[policy]
+        overlength[action if pieces else "dropped"] += 1
+        for piece in pieces:
+            yield _mask_first(piece)
+
+
+def _check_template(fmt: str, tokenizer: Any, dataset: api.DatasetSpec) -> None:
+    if (
+        fmt != "text"
+        and not dataset.chat_template
+        and not getattr(tokenizer, "chat_template", None)
+    ):
+        raise DataError(
+            f"spec.dataset.chatTemplate: the tokenizer has no chat template, which {fmt} "
+            "records need; set spec.dataset.chatTemplate to a Jinja chat template"
+        )
 
 
 def _cut(document: Document, limit: int, chunk: bool) -> list[Document]:
@@ -53,22 +105,36 @@ def _mask_first(document: Document) -> Document:
     return Document(document.input_ids, [IGNORE_INDEX, *document.labels[1:]])
 
 
-def _pack(documents: list[Document], limit: int) -> list[dict]:
-    """First-fit decreasing: longest documents first, each into the first row with room."""
-    order = sorted(range(len(documents)), key=lambda i: (-len(documents[i].input_ids), i))
-    bins: list[list[Document]] = []
-    room: list[int] = []
+def _pack_lengths(lengths: list[int], limit: int) -> list[list[int]]:
+    """Best-fit decreasing: longest documents first, each into the fullest row it fits.
+
+    Rows are kept in buckets by free room, with the distinct room values in a sorted list,
+    so placing a document costs a bisection instead of a scan over every row.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    by_room: dict[int, list[int]] = {}
+    rooms: list[int] = []
     for index in order:
-        document = documents[index]
-        size = len(document.input_ids)
-        target = next((b for b, free in enumerate(room) if free >= size), None)
-        if target is None:
-            bins.append([])
-            room.append(limit)
-            target = len(bins) - 1
-        bins[target].append(document)
-        room[target] -= size
-    return [_row(documents_in_row) for documents_in_row in bins]
+        size = lengths[index]
+        position = bisect.bisect_left(rooms, size)
+        if position < len(rooms):
+            room = rooms[position]
+            row = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room]
+                rooms.pop(position)
+        else:
+            room, row = limit, len(rows)
+            rows.append([])
+        rows[row].append(index)
+        left = room - size
+        if left > 0:
+            if left not in by_room:
+                bisect.insort(rooms, left)
+                by_room[left] = []
+            by_room[left].append(row)
+    return rows
 
 
 def _row(documents: list[Document]) -> dict:
@@ -80,17 +146,22 @@ def _row(documents: list[Document]) -> dict:
     return row
 
 
-def _stats(rows: list[dict], documents: list[Document], overlength: dict[str, int],
-           limit: int) -> dict:  # fmt: skip
-    tokens = sum(len(r["input_ids"]) for r in rows)
+def _stats(
+    layout: list[list[int]],
+    lengths: list[int],
+    losses: list[int],
+    overlength: dict[str, int],
+    limit: int,
+) -> dict:
+    tokens = sum(lengths)
     # Share of the rows' maxSeqLength slots left empty: what fixed-length batches would
     # spend on padding. Dynamic padding to the longest row of a batch wastes less.
-    capacity = limit * len(rows)
+    capacity = limit * len(layout)
     return {
         "tokens": tokens,
-        "loss_tokens": sum(d.loss_tokens for d in documents),
+        "loss_tokens": sum(losses),
         "padding_ratio": round(1 - tokens / capacity, 4) if capacity else 0.0,
         "overlength": overlength,
-        "rows": len(rows),
-        "documents": len(documents),
+        "rows": len(layout),
+        "documents": len(lengths),
     }

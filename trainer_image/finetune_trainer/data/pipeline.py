@@ -1,10 +1,10 @@
 """The data stage from sources to split records: read → clean → dedup → split → mix → leakage.
 
-Memory: records stream through reading, cleaning and dedup; what grows with the data
-set in the stages themselves is a fixed-size digest per record (dedup, leakage). The
-surviving records are kept in lists for the result, because the trainer tokenises all
-of them next anyway; the held-out share waits there until train has been fully seen,
-which leakage removal needs.
+Memory: records stream through every stage; what grows with the data set is a fixed-size
+digest per record (dedup, leakage) and, for replay mixing, the records drawn from the
+mix source. Where the records end up is the sink's business: `stream_prepared` (used by
+`finetune prepare`) writes them to JSONL as they come and holds none; `prepare_records`
+returns them in lists, because the trainer tokenises all of them next anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,8 @@ from finetune_trainer.data.formats import can_convert, content_text, convert
 from finetune_trainer.data.leakage import LeakageIndex
 from finetune_trainer.data.readers import DataError, SourceLineage, read_source
 from finetune_trainer.data.report import DataReport
+from finetune_trainer.data.sinks import SPLITS, JsonlSink, ListSink
 from finetune_trainer.data.split import TEST, TRAIN, VALIDATION, split_of
-
-SPLITS = (TRAIN, VALIDATION, TEST)
 
 
 @dataclass
@@ -40,43 +40,74 @@ class PreparedData:
 
 def prepare_records(spec: api.FineTuneJobSpec, *, base_dir: Path | None = None) -> PreparedData:
     """Cleaned, deduplicated, split and mixed records of a job, with their data report."""
+    sink = ListSink()
+    report = run_data_stage(spec, sink, base_dir=base_dir)
+    return PreparedData(**sink.splits, format=report["format"], report=report)
+
+
+def stream_prepared(
+    spec: api.FineTuneJobSpec, out_dir: Path, *, base_dir: Path | None = None
+) -> dict[str, Any]:
+    """The data stage written straight to DIR/<split>.jsonl, never holding the records.
+
+    Returns the report (not yet written, so that token statistics can be added).
+    """
+    sink = JsonlSink(out_dir)
+    committed = False
+    try:
+        report = run_data_stage(spec, sink, base_dir=base_dir)
+        sink.commit()
+        committed = True
+    finally:
+        if not committed:  # no half-written split files on failure
+            sink.abort()
+    return report
+
+
+def run_data_stage(
+    spec: api.FineTuneJobSpec, sink: ListSink | JsonlSink, *, base_dir: Path | None = None
+) -> dict[str, Any]:
+    """Read → clean → dedup → split → mix → leakage, records into sink; returns the report."""
     dataset = spec.dataset
     fmt = dataset.train.format
     seed = spec.hyperparameters.seed
     _check_formats(dataset)
     report = DataReport(format=fmt, seed=seed)
     stage = _Stage(dataset.cleaning, report, fmt, base_dir)
+    leakage = LeakageIndex() if dataset.cleaning.remove_leakage else None
 
-    splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     validation_fraction = 0.0 if dataset.validation else dataset.validation_split
     test_fraction = 0.0 if dataset.test else dataset.test_split
     for record in stage.records(dataset.train, TRAIN):
-        text = content_text(record, fmt)
-        splits[split_of(text, seed, validation_fraction, test_fraction)].append(record)
+        split = split_of(content_text(record, fmt), seed, validation_fraction, test_fraction)
+        sink.add(split, record)
+        if leakage is not None and split == TRAIN:
+            leakage.add_train(record, fmt)
     for name, source in ((VALIDATION, dataset.validation), (TEST, dataset.test)):
         if source is not None:
-            splits[name].extend(stage.records(source, name))
+            for record in stage.records(source, name):
+                sink.add(name, record)
 
-    mixed = [
-        _draw_mix(stage, index, source, len(splits[TRAIN]), seed)
-        for index, source in enumerate(dataset.mix)
-    ]
-    for drawn in mixed:
-        splits[TRAIN] = _interleave(splits[TRAIN], drawn)
+    train_size = sink.count(TRAIN)
+    for index, source in enumerate(dataset.mix):
+        drawn = _draw_mix(stage, index, source, train_size, seed)
+        if leakage is not None:
+            for record in drawn:
+                leakage.add_train(record, fmt)
+        if drawn:
+            total = sink.count(TRAIN)
+            sink.rewrite(TRAIN, lambda train, d=drawn, n=total: _interleave(train, n, d))
 
-    if dataset.cleaning.remove_leakage:
-        index = LeakageIndex()
-        for record in splits[TRAIN]:
-            index.add_train(record, fmt)
+    if leakage is not None:
         for name in (VALIDATION, TEST):
-            kept = [r for r in splits[name] if not index.leaks(r, fmt)]
-            report.leakage_removed[name] = len(splits[name]) - len(kept)
-            splits[name] = kept
+            before = sink.count(name)
+            sink.rewrite(name, lambda records: (r for r in records if not leakage.leaks(r, fmt)))
+            report.leakage_removed[name] = before - sink.count(name)
 
-    if not splits[TRAIN]:
+    if sink.count(TRAIN) == 0:
         raise DataError(f"{dataset.train.source}: no training records left after cleaning")
-    report.counts = {name: len(records) for name, records in splits.items()}
-    return PreparedData(**splits, format=fmt, report=report.as_dict())
+    report.counts = {name: sink.count(name) for name in SPLITS}
+    return report.as_dict()
 
 
 class _Stage:
@@ -87,7 +118,7 @@ class _Stage:
     ) -> None:
         self.cleaning, self.report, self.fmt, self.base_dir = cleaning, report, fmt, base_dir
 
-    def records(self, source: api.DataSource, role: str):  # -> Iterator[dict]
+    def records(self, source: api.DataSource, role: str) -> Iterator[dict]:
         lineage = SourceLineage(role=role, source=source.source, format=source.format)
         self.report.sources.append(lineage)
         items = read_source(source.source, lineage, split=source.split, base_dir=self.base_dir)
@@ -150,14 +181,15 @@ def _draw_mix(
     return drawn
 
 
-def _interleave(train: list[dict], extra: list[dict]) -> list[dict]:
+def _interleave(train: Iterator[dict], train_size: int, extra: list[dict]) -> Iterator[dict]:
     """Spread extra records evenly through train (replay data throughout every epoch)."""
-    if not extra:
-        return train
-    keyed = [((i + 0.5) / len(train), 0, r) for i, r in enumerate(train)]
-    keyed += [((j + 0.5) / len(extra), 1, r) for j, r in enumerate(extra)]
-    keyed.sort(key=lambda item: (item[0], item[1]))
-    return [record for _, _, record in keyed]
+    j = 0
+    for i, record in enumerate(train):
+        while j < len(extra) and (j + 0.5) / len(extra) < (i + 0.5) / max(train_size, 1):
+            yield extra[j]
+            j += 1
+        yield record
+    yield from extra[j:]
 
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
@@ -165,7 +197,11 @@ def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         _write_jsonl(out_dir / f"{name}.jsonl", getattr(prepared, name))
-    _write_atomic(out_dir / "data_report.json", json.dumps(prepared.report, indent=2) + "\n")
+    write_report(prepared.report, out_dir)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    _write_atomic(out_dir / "data_report.json", json.dumps(report, indent=2) + "\n")
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:

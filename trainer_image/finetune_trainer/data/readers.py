@@ -9,8 +9,8 @@ that is not one bad record but lost data, and guessing around it would hide it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -20,7 +20,7 @@ from typing import Any
 
 from finetune_trainer import storage
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 HF_MIRROR_ENV = "FINETUNE_HF_MIRROR"
 
 
@@ -81,7 +81,7 @@ def _local_files(uri: str, path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
         if not files:
             raise DataError(f"{uri}: folder {path} holds no {', '.join(DATA_SUFFIXES)} files")
         return files
@@ -89,7 +89,7 @@ def _local_files(uri: str, path: Path) -> list[Path]:
 
 
 def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> Iterator[RawRecord]:
-    fs = storage._s3_filesystem()
+    fs = storage.s3_filesystem()
     remote = storage.s3_url(location)
     if fs.isdir(remote):
         keys = sorted(k.lstrip("/") for k in fs.find(remote) if k.endswith(DATA_SUFFIXES))
@@ -101,22 +101,29 @@ def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> It
         raise DataError(f"{uri}: no such object or prefix")
     for key in keys:
         with fs.open(key, "rb") as handle:
-            yield from _read_stream(handle, f"s3://{key}", Path(key).suffix, lineage)
+            yield from _read_stream(handle, f"s3://{key}", lineage)
 
 
 def _read_file(file: Path, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
     with open(file, "rb") as handle:
-        yield from _read_stream(handle, name, file.suffix, lineage)
+        yield from _read_stream(handle, name, lineage)
 
 
-def _read_stream(
-    handle: Any, name: str, suffix: str, lineage: SourceLineage
-) -> Iterator[RawRecord]:
+def _read_stream(handle: Any, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
     entry = FileLineage(path=name)
     lineage.files.append(entry)
-    hasher = hashlib.sha256()
+    file_hash = hasher = hashlib.sha256()
+    suffix = Path(name.removesuffix(".gz")).suffix
+    if name.endswith(".gz"):
+        # The lineage digest is of the file as stored, so it hashes the compressed bytes.
+        handle = gzip.GzipFile(fileobj=_HashingReader(handle, file_hash), mode="rb")
+        hasher = hashlib.sha256()  # what the item readers feed: decompressed, not reported
     if suffix == ".parquet":
-        items: Iterator[RawRecord] = _parquet_items(_hashed_bytes(handle, hasher), name)
+        # Parquet is read from its footer backwards, so the file is hashed in a first
+        # sequential pass and then streamed row group by row group.
+        _hash_whole(handle, hasher)
+        handle.seek(0)
+        items: Iterator[RawRecord] = _parquet_items(handle, name)
     elif suffix == ".json":
         items = _json_items(_hashed_bytes(handle, hasher), name)
     else:
@@ -124,7 +131,24 @@ def _read_stream(
     for item in items:
         entry.records += 1
         yield item
-    entry.sha256 = hasher.hexdigest()
+    entry.sha256 = file_hash.hexdigest()
+
+
+class _HashingReader:
+    """A binary reader that feeds everything read through it into a hash."""
+
+    def __init__(self, raw: Any, hasher: Any) -> None:
+        self.raw, self.hasher = raw, hasher
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hasher.update(data)
+        return data
+
+
+def _hash_whole(handle: Any, hasher: Any) -> None:
+    while chunk := handle.read(1 << 20):
+        hasher.update(chunk)
 
 
 def _hashed_bytes(handle: Any, hasher: Any) -> bytes:
@@ -170,12 +194,12 @@ def _json_items(data: bytes, name: str) -> Iterator[RawRecord]:
         yield RawRecord(name, number, item)
 
 
-def _parquet_items(data: bytes, name: str) -> Iterator[RawRecord]:
+def _parquet_items(handle: Any, name: str) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(io.BytesIO(data))
+        parquet = pq.ParquetFile(handle)
     except (pa.ArrowInvalid, OSError) as error:
         raise DataError(f"{name}: not a readable Parquet file ({error})") from None
     number = 0
@@ -214,8 +238,15 @@ def _hf_rows(uri: str, location: storage.Location, split: str) -> Iterator[dict[
                 return
             yield from datasets.load_dataset(str(local), split=split, streaming=True)
             return
-        # Honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: offline, only the local cache is used.
-        yield from datasets.load_dataset(location.bucket, split=split, streaming=True)
+        # Honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE. Online, rows stream from the Hub;
+        # offline, the cached Arrow files are used (memory-mapped, so still not in RAM),
+        # since streaming always goes to the network.
+        yield from datasets.load_dataset(
+            location.bucket,
+            data_files=location.path or None,
+            split=split,
+            streaming=not datasets.config.HF_HUB_OFFLINE,
+        )
     except (FileNotFoundError, ConnectionError, ValueError) as error:
         if isinstance(error, DataError):
             raise

@@ -3,9 +3,11 @@
 The loss covers assistant turns only (unless trainOnPrompt). This works with any chat
 template, including ones without `{% generation %}` markers: the conversation is
 rendered once per assistant turn, with and without that turn, and the characters in
-between are the turn's own (its content and end-of-turn marker). The rendered text is
-cut at those boundaries and each piece tokenised separately, so no token straddles a
-prompt/answer boundary. When a template does not render prefixes as prefixes (some
+between are the turn's own (its content and end-of-turn marker). The full rendering is
+tokenised once and tokens are labelled by their character offsets, so the ids are the
+ones the model sees at inference (tokenising pieces separately would add spurious
+prefix spaces with SentencePiece tokenizers); slow tokenizers without offsets fall back
+to tokenising the pieces. When a template does not render prefixes as prefixes (some
 rewrite earlier turns), the assistant contents are located in the full rendering
 instead.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_trainer.data.formats import to_messages
+from finetune_trainer.data.readers import DataError
 
 IGNORE_INDEX = -100
 
@@ -48,6 +51,32 @@ def tokenize_record(
         return Document(ids, list(ids))
     messages = to_messages(record, fmt)
     text, spans = _render_with_spans(messages, tokenizer, chat_template)
+    if getattr(tokenizer, "is_fast", False):
+        return _encode_with_offsets(text, spans, tokenizer, train_on_prompt)
+    return _encode_pieces(text, spans, tokenizer, train_on_prompt)
+
+
+def _encode_with_offsets(
+    text: str, spans: list[tuple[int, int]], tokenizer: Any, train_on_prompt: bool
+) -> Document:
+    """The whole rendering tokenised at once (exactly the ids inference will see); a token
+    is learned when it holds any character of an assistant span (a merge such as " st"
+    across "[assistant] stone" belongs to the answer)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    span = 0
+    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        while span < len(spans) and spans[span][1] <= start:
+            span += 1
+        inside = span < len(spans) and spans[span][0] < max(end, start + 1)
+        labels.append(token if inside or train_on_prompt else IGNORE_INDEX)
+    return Document(list(encoded["input_ids"]), labels)
+
+
+def _encode_pieces(
+    text: str, spans: list[tuple[int, int]], tokenizer: Any, train_on_prompt: bool
+) -> Document:
+    """Slow tokenizers give no offsets: tokenise prompt and answer pieces separately."""
     input_ids: list[int] = []
     labels: list[int] = []
     cursor = 0
@@ -65,9 +94,19 @@ def tokenize_record(
 def _render(
     messages: list[dict[str, str]], tokenizer: Any, template: str | None, generation_prompt: bool
 ) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt, chat_template=template
-    )
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+            chat_template=template,
+        )
+    except TemplateError as error:
+        # Templates raise on conversations they do not support (e.g. no system role).
+        roles = "/".join(m["role"] for m in messages)
+        raise DataError(f"chat template failed on a conversation ({roles}): {error}") from None
 
 
 def _render_with_spans(

@@ -11,7 +11,7 @@ import pytest
 # The job and data builders are shared with the trainer's unit tests.
 sys.path.insert(0, str(Path(__file__).parents[2] / "unit" / "trainer"))
 
-from trainer_helpers import write_chat_data
+from tests.unit.trainer.trainer_helpers import write_chat_data
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from finetune_trainer.run import EXIT_INTERRUPTED, STOP_AT_STEP_ENV, run_command
 from finetune_trainer.schedule import lr_multiplier
-from trainer_helpers import make_manifest, write_job
+
+from tests.unit.trainer.trainer_helpers import make_manifest, write_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

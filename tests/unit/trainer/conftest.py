@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trainer_helpers import make_manifest, write_chat_data
+
+from tests.unit.trainer.trainer_helpers import make_manifest, write_chat_data
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ from finetune_trainer.deepspeed_config import (
     plan_batch,
     resolve_precision,
 )
-from trainer_helpers import make_manifest
+
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import math
 
 from finetune_operator.validation import parse_job
 from finetune_trainer import outputs
-from trainer_helpers import make_manifest
+
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 
 def rows(steps, **extra):

@@ -12,7 +12,8 @@ from finetune_trainer.ray_train import (
     run_name,
 )
 from finetune_trainer.run import EXIT_BAD_INPUT, resolve_output, run_command
-from trainer_helpers import make_manifest, write_job
+
+from tests.unit.trainer.trainer_helpers import make_manifest, write_job
 
 
 @pytest.mark.parametrize(

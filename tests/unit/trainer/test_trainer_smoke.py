@@ -15,7 +15,8 @@ from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.rows import tokenize_splits
-from trainer_helpers import make_manifest
+
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 
 def engine_for(workspace: Path, method: str, total_steps: int):

@@ -136,13 +136,25 @@ class ProgressTracker:
         self.sent = 0
         self.stop = False
         self.stop_at_step = stop_at_step  # test hook: behave as if Ctrl-C came at this step
-        self.start_step: int | None = None
+        self.start_step: int | None = None  # where this `finetune run` began
+        self.resumed_at: int | None = None  # where the latest attempt began
+        self.attempts = 0
         self.total_steps: int | None = None
         self.last_checkpoint: int | None = None
         self.final_metrics: dict[str, Any] | None = None
 
     def started(self, step: int, total_steps: int) -> None:
-        self.start_step, self.total_steps = step, total_steps
+        """Called by rank 0 at every (re)start; after a worker failure Ray Train restarts the
+        group from the last checkpoint, so rows past it are stale."""
+        self.attempts += 1
+        if self.start_step is None:
+            self.start_step = step
+        self.resumed_at, self.total_steps = step, total_steps
+        # Rows already handed out are cut from history.jsonl by the driver (it sees
+        # `attempts` change); rows not yet handed out are dropped here.
+        self.rows = self.rows[: self.sent] + [
+            r for r in self.rows[self.sent :] if r["step"] <= step
+        ]
 
     def record(self, row: dict[str, Any]) -> bool:
         self.rows.append(row)
@@ -165,6 +177,8 @@ class ProgressTracker:
         return {
             "rows": new,
             "start_step": self.start_step,
+            "resumed_at": self.resumed_at,
+            "attempts": self.attempts,
             "total_steps": self.total_steps,
             "last_checkpoint": self.last_checkpoint,
             "final_metrics": self.final_metrics,

@@ -220,6 +220,7 @@ class _HistoryFollower:
     def __init__(self, tracker, view, history_path: Path) -> None:
         self.tracker, self.view, self.history_path = tracker, view, history_path
         self.started_view = False
+        self.attempts_seen = 0
         self.state: dict[str, Any] = {}
 
     def poll(self) -> dict[str, Any]:
@@ -228,10 +229,12 @@ class _HistoryFollower:
         from finetune_trainer import outputs
 
         state = ray.get(self.tracker.poll.remote())
+        if state["attempts"] > self.attempts_seen:
+            self.attempts_seen = state["attempts"]
+            # Steps after the checkpoint an attempt resumes from are trained again.
+            outputs.truncate_history(self.history_path, state["resumed_at"])
         if state["start_step"] is not None and not self.started_view:
             self.started_view = True
-            # Steps after the resumed checkpoint were trained again: their old rows go.
-            outputs.truncate_history(self.history_path, state["start_step"])
             self.view.start(state["start_step"], state["total_steps"])
         outputs.append_history(self.history_path, state["rows"])
         for row in state["rows"]:

@@ -121,3 +121,30 @@ def test_checkpoints_on_s3_compatible_storage_use_its_endpoint(monkeypatch):
     on_prem = checkpoint_storage("s3://bucket/run/checkpoints")
     assert on_prem["storage_path"] == "bucket/run/checkpoints"
     assert type(on_prem["storage_filesystem"]).__name__ == "S3FileSystem"
+
+
+def test_tracker_forgets_rows_past_the_checkpoint_a_restarted_attempt_resumes_from():
+    from finetune_trainer.ray_train import ProgressTracker
+
+    tracker = ProgressTracker()
+    tracker.started(0, 10)
+    for step in (1, 2, 3):
+        tracker.record({"step": step})
+    assert [r["step"] for r in tracker.poll()["rows"]] == [1, 2, 3]
+    tracker.record({"step": 4})  # never handed out: the worker group died after it
+    tracker.started(2, 10)  # Ray Train restarted the group from the checkpoint at step 2
+    tracker.record({"step": 3})
+    state = tracker.poll()
+    assert [r["step"] for r in state["rows"]] == [3]
+    assert (state["start_step"], state["resumed_at"], state["attempts"]) == (0, 2, 2)
+
+
+def test_tracker_test_hook_and_ctrl_c_both_ask_rank_0_to_stop():
+    from finetune_trainer.ray_train import ProgressTracker
+
+    hooked = ProgressTracker(stop_at_step=2)
+    assert [hooked.record({"step": s}) for s in (1, 2)] == [False, True]
+    interrupted = ProgressTracker()
+    assert interrupted.record({"step": 1}) is False
+    interrupted.request_stop()
+    assert interrupted.record({"step": 2}) is True

@@ -50,6 +50,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
     from finetune_trainer.model import resolve_model_dir
     from finetune_trainer.progress import ProgressView, summary_table
+    from finetune_trainer.progress_server import ProgressBoard, serve_from_env
     from finetune_trainer.rows import tokenize_splits
 
     job = load_job_file(job_path)
@@ -97,7 +98,9 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         "output_dir": str(out.local_dir),
     }
     view = ProgressView()
-    follower = _HistoryFollower(tracker, view, out.local_dir / outputs.HISTORY)
+    board = ProgressBoard()
+    server = serve_from_env(board)  # /progress for the operator, when it asks for one
+    follower = _HistoryFollower(tracker, view, board, out.local_dir / outputs.HISTORY)
     # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
     # from the main thread, would abort the run without a checkpoint).
     fitting = _Background(
@@ -123,6 +126,8 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         signal.signal(signal.SIGINT, previous)
         state = follower.poll()
         view.stop()
+        if server is not None:
+            server.shutdown()
 
     if state["final_metrics"] is None and state["last_checkpoint"] is None:
         print("interrupted before the first checkpoint; nothing to resume from")
@@ -217,8 +222,9 @@ class _Background(threading.Thread):
 class _HistoryFollower:
     """Reads the tracker: appends rows to history.jsonl and moves the progress bar."""
 
-    def __init__(self, tracker, view, history_path: Path) -> None:
-        self.tracker, self.view, self.history_path = tracker, view, history_path
+    def __init__(self, tracker, view, board, history_path: Path) -> None:
+        self.tracker, self.view, self.board = tracker, view, board
+        self.history_path = history_path
         self.started_view = False
         self.attempts_seen = 0
         self.state: dict[str, Any] = {}
@@ -239,5 +245,6 @@ class _HistoryFollower:
         outputs.append_history(self.history_path, state["rows"])
         for row in state["rows"]:
             self.view.update(row, state["total_steps"])
+            self.board.update(row, state["total_steps"], state["last_checkpoint"])
         self.state = state | {"rows": []}
         return self.state

@@ -1,0 +1,80 @@
+"""The run's report files: history, metrics, loss plot and model card."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from finetune_operator.validation import parse_job
+from finetune_trainer import outputs
+
+from tests.unit.trainer.trainer_helpers import make_manifest
+
+
+def rows(steps, **extra):
+    return [{"step": s, "loss": 5.0 - s * 0.1, "learning_rate": 1e-3, **extra} for s in steps]
+
+
+def test_history_appends_and_a_resume_drops_steps_after_the_checkpoint(tmp_path):
+    path = tmp_path / outputs.HISTORY
+    outputs.append_history(path, rows(range(1, 6)))
+    outputs.truncate_history(path, after_step=3)  # resumed from the checkpoint at step 3
+    outputs.append_history(path, rows(range(4, 8)))
+    steps = [row["step"] for row in outputs.read_history(path)]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_truncating_a_missing_history_starts_an_empty_one(tmp_path):
+    path = tmp_path / outputs.HISTORY
+    outputs.truncate_history(path, after_step=0)
+    assert outputs.read_history(path) == []
+
+
+def test_metrics_are_sorted_json_without_non_finite_values(tmp_path):
+    path = tmp_path / outputs.METRICS
+    outputs.write_metrics(path, {"train_loss": 1.5, "eval_loss": math.nan, "steps": 4})
+    written = json.loads(path.read_text())
+    assert written == {"steps": 4, "train_loss": 1.5}
+
+
+def test_loss_plot_is_a_png(tmp_path):
+    path = tmp_path / outputs.LOSS_PLOT
+    history = rows(range(1, 5))
+    history[1]["eval_loss"] = 4.0
+    outputs.plot_loss(history, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_card_names_base_data_hyperparameters_and_metrics():
+    job = parse_job(make_manifest(hyperparameters={"learningRate": 3e-4, "batchSize": 8}))
+    report = {"records_read": 160, "train": 136, "validation": 16, "test": 8, "tokens": 4321}
+    card = outputs.model_card(job, {"train_loss": 1.23456, "eval_loss": 1.5}, report)
+    assert card.startswith("# tiny\n")
+    assert "`model`" in card and "lora" in card
+    assert "`train.jsonl`" in card
+    assert "| records_read | 160 |" in card and "| tokens | 4321 |" in card
+    assert "| learning rate | 0.0003 |" in card and "| batch size (global) | 8 |" in card
+    assert "r=8, alpha=16.0" in card
+    assert "| train_loss | 1.235 |" in card and "| eval_loss | 1.5 |" in card
+    assert "PeftModel.from_pretrained" in card
+
+
+def test_model_card_of_a_full_fine_tune_points_at_model():
+    job = parse_job(make_manifest(method={"type": "full"}))
+    card = outputs.model_card(job, {}, {})
+    assert "AutoModelForCausalLM.from_pretrained('model')" in card
+    assert "PeftModel" not in card and "LoRA" not in card
+
+
+def test_upload_copies_the_whole_tree_to_the_destination(tmp_path):
+    """fsspec's in-memory filesystem stands in for s3:// (same put_file calls)."""
+    import fsspec
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text('{"eval_loss": 1.0}')
+    outputs.upload_dir(tmp_path, "memory://bucket/runs/one")
+    filesystem = fsspec.filesystem("memory")
+    assert filesystem.cat_file("/bucket/runs/one/metrics.json") == b'{"eval_loss": 1.0}'
+    assert filesystem.exists("/bucket/runs/one/adapter/adapter_config.json")

@@ -1,0 +1,93 @@
+"""Two or three real optimizer steps of the tiny model, in-process (no Ray): DeepSpeed
+ZeRO-2 on one gloo rank, through the same step and evaluation code the workers run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from finetune_operator.validation import parse_job
+from finetune_trainer import evaluate, loop
+from finetune_trainer.batches import micro_batches_for_step
+from finetune_trainer.data import prepare_records
+from finetune_trainer.deepspeed_config import build_deepspeed_config
+from finetune_trainer.model import load_tokenizer
+from finetune_trainer.rows import tokenize_splits
+
+from tests.unit.trainer.trainer_helpers import make_manifest
+
+
+def engine_for(workspace: Path, method: str, total_steps: int):
+    spec = parse_job(make_manifest(
+        method={"type": method},
+        hyperparameters={"batchSize": 4, "microBatchSize": 2, "learningRate": 3e-3,
+                         "maxSteps": total_steps, "gradientCheckpointing": True},
+        evaluation={"metrics": ["loss", "accuracy", "exact_match", "bleu", "rouge"]},
+    )).spec  # fmt: skip
+    splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
+    setup = loop.WorkerSetup(
+        spec=spec.to_wire(), base_dir=str(workspace), total_steps=total_steps,
+        steps_per_epoch=splits.steps_per_epoch, data=None, tracker=None, output_dir="",
+    )  # fmt: skip
+    config = build_deepspeed_config(spec, world_size=1, precision="fp32")
+    engine, _ = loop._build_engine(spec, setup, workspace / "model", config, "fp32")
+    return spec, splits, engine
+
+
+def train_steps(spec, splits, engine, steps: int, pad: int) -> list[float]:
+    losses = []
+    for step in range(steps):
+        micro = micro_batches_for_step(
+            splits.rows["train"], step, seed=spec.hyperparameters.seed,
+            steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
+        )  # fmt: skip
+        loss, tokens, loss_tokens = loop._optimizer_step(
+            engine, micro, pad, torch.device("cpu"), torch.float32
+        )
+        assert tokens > loss_tokens > 0
+        losses.append(loss)
+    return losses
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_few_steps_lower_the_loss(workspace, single_process_group, method):
+    spec, splits, engine = engine_for(workspace, method, total_steps=3)
+    pad = load_tokenizer(workspace / "model", spec.model).pad_token_id
+    before = evaluate.evaluate_loss(engine, splits.rows["train"][:8], micro=4, pad_token_id=pad,
+                                    device=torch.device("cpu"), dtype=torch.float32)  # fmt: skip
+    losses = train_steps(spec, splits, engine, 3, pad)
+    after = evaluate.evaluate_loss(engine, splits.rows["train"][:8], micro=4, pad_token_id=pad,
+                                   device=torch.device("cpu"), dtype=torch.float32)  # fmt: skip
+    assert all(math.isfinite(x) for x in losses)
+    assert after["loss"] < before["loss"]
+    assert losses[-1] < losses[0]
+    assert engine.global_steps == 3  # 2 micro batches each: accumulation made 3 optimizer steps
+    assert math.isclose(after["perplexity"], math.exp(after["loss"]), rel_tol=1e-6)
+    assert 0.0 <= after["accuracy"] <= 1.0
+
+
+def test_generation_metrics_on_greedy_answers(workspace, single_process_group):
+    spec, splits, engine = engine_for(workspace, "lora", total_steps=1)
+    tokenizer = load_tokenizer(workspace / "model", spec.model)
+    samples = splits.rows["generation"]
+    assert samples and all(s["prompt_ids"] and s["reference"] for s in samples)
+    answers = evaluate.generate_answers(
+        engine.module, samples, tokenizer, device=torch.device("cpu"), zero3=False
+    )
+    assert len(answers) == len(samples)
+    perfect = evaluate.generation_metrics([s["reference"] for s in samples],
+                                          [s["reference"] for s in samples])  # fmt: skip
+    assert perfect["exact_match"] == 1.0 and perfect["rouge"] == pytest.approx(1.0)
+    assert perfect["bleu"] == pytest.approx(100.0)
+    scored = evaluate.generation_metrics(answers, [s["reference"] for s in samples])
+    assert scored["exact_match"] < 1.0  # an untrained model does not answer correctly
+
+
+def test_generation_metrics_score_partial_answers_between_the_extremes():
+    references = ["3 plus 4 is 7.", "The cat is red."]
+    scores = evaluate.generation_metrics(["3 plus 4 is 8.", "The cat is red."], references)
+    assert scores["exact_match"] == 0.5
+    assert 0.5 < scores["rouge"] < 1.0
+    assert 0.0 < scores["bleu"] < 100.0

@@ -1,0 +1,127 @@
+"""Validation and test evaluation: loss, perplexity, token accuracy and generation metrics.
+
+Every function here is collective: all ranks call it, each on its shard, and the sums
+are all-reduced so rank 0 and the others agree on the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from finetune_trainer.batches import collate, forward_sums, shard_for_eval, to_device
+from finetune_trainer.data import build_rows
+
+GENERATION_METRICS = ("exact_match", "bleu", "rouge")
+MAX_NEW_TOKENS = 256
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model, rows: list[dict], *, micro: int, pad_token_id: int, device, dtype
+) -> dict[str, float]:
+    """Mean token loss, perplexity and next-token accuracy over `rows` on all ranks."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
+    for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world):
+        # A rank with no rows left still runs a forward pass: ZeRO-3 gathers collectively.
+        batch = to_device(collate(batch_rows or rows[:1], pad_token_id, dtype), device)
+        loss_sum, tokens, correct, _ = forward_sums(model, batch)
+        if batch_rows is not None:
+            totals += torch.tensor(
+                [float(loss_sum), tokens, correct], dtype=torch.float64, device=device
+            )
+    dist.all_reduce(totals)
+    model.train(was_training)
+    loss_sum, tokens, correct = totals.tolist()
+    if tokens == 0:
+        return {}
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / tokens}
+
+
+def generation_samples(
+    records: list[dict], fmt: str, tokenizer, dataset, limit: int
+) -> list[dict[str, Any]]:
+    """(prompt token ids, reference text) per test record, rendered exactly as in training:
+    the prompt is what carries no loss, the reference what does."""
+    unpacked = dataset.model_copy(update={"packing": False, "train_on_prompt": False})
+    samples = []
+    for record in records:
+        if len(samples) >= limit:
+            break
+        rows, _ = build_rows([record], fmt, tokenizer, unpacked)
+        if not rows:
+            continue
+        ids, labels = rows[0]["input_ids"], rows[0]["labels"]
+        first = next((i for i, label in enumerate(labels) if label != -100), None)
+        if not first:  # no prompt (plain text) or nothing to predict
+            continue
+        reference = tokenizer.decode(ids[first:], skip_special_tokens=True).strip()
+        samples.append(
+            {
+                "prompt_ids": ids[:first],
+                "reference": reference,
+                "reference_tokens": len(ids) - first,
+            }
+        )
+    return samples
+
+
+@torch.no_grad()
+def generate_answers(model, samples: list[dict], tokenizer, *, device, zero3: bool) -> list[str]:
+    """Greedy answers for `samples`, split over the ranks and gathered on all of them."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = samples[rank::world]
+    rounds = -(-len(samples) // world)
+    was_training = model.training
+    model.eval()
+    answers: list[tuple[int, str]] = []
+    for i in range(rounds):
+        # Under ZeRO-3 every rank must run as many generate() calls as the others.
+        sample = mine[i] if i < len(mine) else samples[0]
+        prompt = torch.tensor([sample["prompt_ids"]], device=device)
+        output = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            # Twice the reference's length is enough to be right; longer is wrong anyway.
+            max_new_tokens=min(MAX_NEW_TOKENS, 2 * sample["reference_tokens"] + 8),
+            do_sample=False,
+            use_cache=True,
+            synced_gpus=zero3,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if i < len(mine):
+            text = tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True)
+            answers.append((rank + i * world, text.strip()))
+    model.train(was_training)
+    gathered: list[list[tuple[int, str]]] = [[] for _ in range(world)]
+    dist.all_gather_object(gathered, answers)
+    return [text for _, text in sorted(pair for part in gathered for pair in part)]
+
+
+def generation_metrics(answers: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match and ROUGE-L F1 (rouge-score) in [0, 1], corpus BLEU (sacrebleu) in [0, 100]."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not references:
+        return {}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    rouge = [
+        scorer.score(ref, ans)["rougeL"].fmeasure
+        for ans, ref in zip(answers, references, strict=True)
+    ]
+    return {
+        "exact_match": sum(a == r for a, r in zip(answers, references, strict=True))
+        / len(references),
+        "bleu": sacrebleu.corpus_bleu(answers, [references]).score,
+        "rouge": sum(rouge) / len(rouge),
+        "generation_samples": float(len(references)),
+    }

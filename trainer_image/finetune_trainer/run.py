@@ -1,0 +1,250 @@
+"""`finetune run JOB.yaml`: the whole job on Ray — data, model, training, evaluation, outputs.
+
+`run_command` reads like a table of contents; each step lives in its own module. Locally it
+starts a small Ray instance; inside a RayJob (RAY_ADDRESS set) it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_operator.validation import load_job_file
+
+STOP_AT_STEP_ENV = "FINETUNE_STOP_AT_STEP"  # test hook: act as if Ctrl-C came at this step
+STAGING_ENV = "FINETUNE_STAGING_DIR"  # where s3:// outputs are written before the upload
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+@dataclass(frozen=True)
+class Output:
+    local_dir: Path  # where files are written (in place, or staged for an upload)
+    uri: str  # what the user named
+    checkpoint_storage: str  # Ray Train storage_path: local path or s3:// URI
+
+    @property
+    def remote(self) -> bool:
+        return self.uri.startswith("s3://")
+
+
+def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> int:
+    """Run the job in `job_path`; 0 on success, 2 on bad input, 130 when interrupted."""
+    from finetune_trainer.errors import USER_ERRORS
+
+    try:
+        return _run(job_path, output=output, workers=workers)
+    except USER_ERRORS as error:
+        print(f"finetune run: {job_path}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
+    from finetune_trainer import outputs, ray_train
+    from finetune_trainer.data import prepare_records, write_prepared
+    from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
+    from finetune_trainer.model import resolve_model_dir
+    from finetune_trainer.progress import ProgressView, summary_table
+    from finetune_trainer.progress_server import ProgressBoard, serve_from_env
+    from finetune_trainer.rows import tokenize_splits
+
+    job = load_job_file(job_path)
+    spec, base_dir = job.spec, job_path.resolve().parent
+    out = resolve_output(spec.output.destination, output, base_dir)
+
+    local = not ray_train.in_cluster()
+    if not local:
+        ray_train.connect()  # the cluster's resources decide the layout
+    gpus, cpus = ray_train.available_resources()
+    layout = ray_train.plan_workers(
+        spec.resources, workers_override=workers, cluster_gpus=gpus, cluster_cpus=cpus, local=local
+    )
+    if not layout.use_gpu:  # on GPUs the workers decide, since only they see the device
+        _, precision_note = resolve_precision(spec.hyperparameters.precision, cuda=False,
+                                              bf16_supported=False)  # fmt: skip
+        layout.notes.extend([precision_note] if precision_note else [])
+    for note in layout.notes:
+        print(f"note: {note}")
+    ray_train.check_method_supported(spec.method, layout)  # before any data or model work
+    plan_batch(
+        spec.hyperparameters.batch_size, layout.world_size, spec.hyperparameters.micro_batch_size
+    )
+
+    model_dir = resolve_model_dir(spec.model, base_dir=base_dir)  # a bad source fails here, early
+
+    prepared = prepare_records(spec, base_dir=base_dir)
+    out.local_dir.mkdir(parents=True, exist_ok=True)
+    write_prepared(prepared, out.local_dir)
+    splits = tokenize_splits(prepared, spec, model_dir)
+    report = prepared.report | splits.stats
+    (out.local_dir / outputs.DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+
+    import ray
+
+    ray_train.connect()
+    tracker = ray_train.start_tracker(_stop_at_step())
+    setup = {
+        "spec": spec.to_wire(),
+        "base_dir": str(base_dir),
+        "total_steps": splits.total_steps,
+        "steps_per_epoch": splits.steps_per_epoch,
+        "data": ray.put(splits.rows),
+        "tracker": tracker,
+        "output_dir": str(out.local_dir),
+    }
+    view = ProgressView()
+    board = ProgressBoard()
+    server = serve_from_env(board)  # /progress for the operator, when it asks for one
+    follower = _HistoryFollower(tracker, view, board, out.local_dir / outputs.HISTORY)
+    # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
+    # from the main thread, would abort the run without a checkpoint).
+    fitting = _Background(
+        lambda: ray_train.fit(
+            setup,
+            layout=layout,
+            name=ray_train.run_name(job.metadata),
+            storage=out.checkpoint_storage,
+            spec=spec,
+        )
+    )
+    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(tracker))
+    try:
+        fitting.start()
+        while fitting.is_alive():
+            fitting.join(timeout=0.5)
+            follower.poll()
+        fitting.reraise()
+    except ray_train.training_failures() as error:
+        print(f"finetune run: training failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        state = follower.poll()
+        view.stop()
+        if server is not None:
+            server.shutdown()
+
+    if state["final_metrics"] is None and state["last_checkpoint"] is None:
+        print("interrupted before the first checkpoint; nothing to resume from")
+        return EXIT_INTERRUPTED
+    if state["final_metrics"] is None:
+        step = state["last_checkpoint"]
+        print(
+            f"interrupted: checkpoint saved at step {step} in {out.uri}/checkpoints; "
+            "run the same command again to resume"
+        )
+        return EXIT_INTERRUPTED
+    metrics = state["final_metrics"] | {"resumed_from_step": state["start_step"] or 0}
+    history = outputs.read_history(out.local_dir / outputs.HISTORY)
+    metrics |= _throughput(history)
+    outputs.write_metrics(out.local_dir / outputs.METRICS, metrics)
+    outputs.plot_loss(history, out.local_dir / outputs.LOSS_PLOT)
+    (out.local_dir / outputs.MODEL_CARD).write_text(outputs.model_card(job, metrics, report))
+    if out.remote:
+        outputs.upload_dir(out.local_dir, out.uri)
+    view.console.print(summary_table(metrics, out.uri))
+    return 0
+
+
+def resolve_output(destination: str, override: Path | None, base_dir: Path) -> Output:
+    """--output wins; s3:// is staged locally, then uploaded; pvc:// and paths are used in place."""
+    from finetune_trainer.storage import resolve_local
+
+    if override is not None:
+        local = override.resolve()
+        return Output(local, str(local), str(local / "checkpoints"))
+    if destination.startswith("s3://"):
+        uri = destination.rstrip("/")
+        staging_root = Path(
+            os.environ.get(STAGING_ENV, Path.home() / ".cache" / "finetune" / "staging")
+        )
+        local = staging_root / uri.removeprefix("s3://").replace("/", "_")
+        return Output(local, uri, f"{uri}/checkpoints")
+    local = resolve_local(destination, base_dir=base_dir).resolve()
+    return Output(local, destination, str(local / "checkpoints"))
+
+
+def _stop_at_step() -> int | None:
+    value = os.environ.get(STOP_AT_STEP_ENV)
+    return int(value) if value else None
+
+
+def _on_interrupt(tracker) -> None:
+    """First Ctrl-C: every rank finishes its step, saves a checkpoint and leaves. Second: abort."""
+    print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+    tracker.request_stop.remote()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _throughput(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean tokens/s over the run, and how MFU is estimated when it was measured."""
+    speeds = [r["tokens_per_second"] for r in history if "tokens_per_second" in r]
+    result: dict[str, Any] = {"tokens_per_second": sum(speeds) / len(speeds)} if speeds else {}
+    baseline = [r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r]
+    if baseline:
+        result["baseline_eval_loss"] = baseline[0]
+    mfu = [r["mfu"] for r in history if "mfu" in r]
+    if mfu:
+        from finetune_trainer.outputs import MFU_FORMULA
+
+        result |= {
+            "mfu": sum(mfu) / len(mfu),
+            "mfu_formula": MFU_FORMULA,
+            "peak_memory_gib": max(r["peak_memory_gib"] for r in history),
+        }
+    return result
+
+
+class _Background(threading.Thread):
+    """Runs one call in a daemon thread and keeps what it raised for the caller."""
+
+    def __init__(self, call) -> None:
+        super().__init__(daemon=True, name="finetune-fit")
+        self.call = call
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call()
+        except BaseException as error:  # handed to the main thread by reraise()
+            self.error = error
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class _HistoryFollower:
+    """Reads the tracker: appends rows to history.jsonl and moves the progress bar."""
+
+    def __init__(self, tracker, view, board, history_path: Path) -> None:
+        self.tracker, self.view, self.board = tracker, view, board
+        self.history_path = history_path
+        self.started_view = False
+        self.attempts_seen = 0
+        self.state: dict[str, Any] = {}
+
+    def poll(self) -> dict[str, Any]:
+        import ray
+
+        from finetune_trainer import outputs
+
+        state = ray.get(self.tracker.poll.remote())
+        if state["attempts"] > self.attempts_seen:
+            self.attempts_seen = state["attempts"]
+            # Steps after the checkpoint an attempt resumes from are trained again.
+            outputs.truncate_history(self.history_path, state["resumed_at"])
+        if state["start_step"] is not None and not self.started_view:
+            self.started_view = True
+            self.view.start(state["start_step"], state["total_steps"])
+        outputs.append_history(self.history_path, state["rows"])
+        for row in state["rows"]:
+            self.view.update(row, state["total_steps"])
+            self.board.update(row, state["total_steps"], state["last_checkpoint"])
+        self.state = state | {"rows": []}
+        return self.state

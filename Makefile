@@ -20,8 +20,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv with the trainer and dev extras
 
-demo: setup ## validate and render the quickstart job
+QUICKSTART_MODEL := examples/quickstart/model
+
+# A tiny Llama-shaped model (hidden size 512) with a tokenizer trained on the quickstart
+# data: nothing is downloaded. LoRA needs that width to move a random output head.
+$(QUICKSTART_MODEL)/config.json: | $(STAMP)
+	$(PY) -m finetune_trainer.tiny_model $(QUICKSTART_MODEL) \
+		--corpus examples/quickstart/data/train.jsonl --hidden-size 512
+
+demo: setup $(QUICKSTART_MODEL)/config.json ## fine-tune the quickstart model locally (out/quickstart)
 	$(VENV)/bin/finetune validate examples/quickstart.yaml
+	rm -rf out/quickstart  # a fresh run each time; `finetune run` again on its own resumes
+	$(VENV)/bin/finetune run examples/quickstart.yaml
 
 test: setup ## run every test (unit, integration, e2e)
 	$(PY) -m pytest tests

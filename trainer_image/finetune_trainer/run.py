@@ -166,7 +166,9 @@ def resolve_output(destination: str, override: Path | None, base_dir: Path) -> O
         local = staging_root / uri.removeprefix("s3://").replace("/", "_")
         return Output(local, uri, f"{uri}/checkpoints")
     local = resolve_local(destination, base_dir=base_dir).resolve()
-    return Output(local, destination, str(local / "checkpoints"))
+    # A plain path is reported resolved: the spec's is relative to the job file, not to you.
+    uri = destination if "://" in destination else str(local)
+    return Output(local, uri, str(local / "checkpoints"))
 
 
 def _stop_at_step() -> int | None:

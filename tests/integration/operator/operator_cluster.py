@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ import kopf
 import yaml
 from finetune_operator.runner import run_operator
 from finetune_operator.settings import Settings
+
+from tests.unit.operator.operator_unit_support import make_finetunejob as unit_finetunejob
 
 ROOT = Path(__file__).parents[3]
 FINETUNE_CRD = ROOT / "crds" / "finetune.io_finetunejobs.yaml"
@@ -50,30 +51,12 @@ TEST_SETTINGS = Settings(
 
 
 def make_finetunejob(name: str, **overrides: Any) -> dict[str, Any]:
-    """A valid FineTuneJob as the API server stores it (uid and generation set)."""
-    spec: dict[str, Any] = {
-        "model": {"source": "hf://meta-llama/Llama-3.1-8B"},
-        "dataset": {"train": {"source": "s3://data/train.jsonl"}},
-        "output": {"destination": "s3://out/x"},
-    }
-    for dotted, value in overrides.items():
-        node = spec
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return {
-        "apiVersion": "finetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "uid": str(uuid.uuid4()),
-            "generation": 1,
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-        },
-        "spec": spec,
-    }
+    """A valid FineTuneJob as the API server stores it (uid, generation, creation time)."""
+    job = unit_finetunejob(name, **overrides)
+    job["metadata"].update(
+        namespace=NAMESPACE, generation=1, creationTimestamp="2026-01-01T00:00:00Z"
+    )
+    return job
 
 
 def load_crd(path: Path) -> dict[str, Any]:

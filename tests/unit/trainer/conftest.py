@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_chat_data
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with train.jsonl and model/ (a tiny Llama) beside where job files go."""
-    from finetune_trainer.tiny_model import write_tiny_model
-
-    folder = tmp_path_factory.mktemp("trainer-workspace")
-    data = write_chat_data(folder / "train.jsonl", 160)
-    write_tiny_model(folder / "model", [data], vocab_size=384, hidden_size=64)
-    return folder
-
-
-@pytest.fixture
-def job_dir(workspace: Path, tmp_path: Path) -> Path:
-    """A fresh folder for one test's job file, with links to the shared model and data."""
-    (tmp_path / "model").symlink_to(workspace / "model")
-    (tmp_path / "train.jsonl").symlink_to(workspace / "train.jsonl")
-    return tmp_path
+from tests.unit.trainer.trainer_fixtures import job_dir, workspace  # noqa: F401 (fixtures)
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 
 @pytest.fixture

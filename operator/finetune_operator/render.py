@@ -32,5 +32,17 @@ def render_children(path: Path, *, image: str | None, output: TextIO) -> int:
         # The API server assigns the uid; a placeholder keeps the ownerReference well formed.
         job.metadata.uid = "00000000-0000-0000-0000-000000000000"
     documents = [build_configmap(job), build_rayjob(job, settings)]
-    yaml.safe_dump_all(documents, output, sort_keys=False)
+    yaml.dump_all(documents, output, Dumper=_ReadableDumper, sort_keys=False)
     return 0
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's job.yaml) as literal blocks, as a person writes them."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReadableDumper.add_representer(str, _represent_str)

@@ -7,6 +7,7 @@ through `ray.train.get_checkpoint()`, while a re-created job (new UID) starts fr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,11 @@ def check_method_supported(method: api.MethodSpec, layout: WorkerLayout) -> None
         raise MethodUnavailable(
             "spec.method.type: qlora quantises the base model to 4-bit NF4 with bitsandbytes, "
             "which needs a CUDA GPU, and this run has none; use method.type lora or full"
+        )
+    if method.type == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodUnavailable(
+            "spec.method.type: qlora needs bitsandbytes, which is not installed: "
+            "pip install 'finetune-operator[gpu]' (the trainer image has it)"
         )
 
 

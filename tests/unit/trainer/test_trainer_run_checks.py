@@ -51,7 +51,28 @@ def test_run_name_carries_the_uid_so_a_recreated_job_starts_fresh():
 def test_qlora_without_gpu_is_refused():
     with pytest.raises(MethodUnavailable, match=r"spec\.method\.type: qlora .*CUDA"):
         check_method_supported(api.MethodSpec(type="qlora"), WorkerLayout(2, False, 1))
-    check_method_supported(api.MethodSpec(type="qlora"), WorkerLayout(2, True, 1))
+
+
+def test_qlora_on_gpu_needs_bitsandbytes(monkeypatch):
+    import importlib.util
+
+    installed = {"bitsandbytes": False}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (object() if installed[name] else None)
+            if name == "bitsandbytes"
+            else real_find_spec(name, *a)
+        ),
+    )
+    gpu_layout = WorkerLayout(2, True, 1)
+    with pytest.raises(MethodUnavailable, match=r"finetune-operator\[gpu\]"):
+        check_method_supported(api.MethodSpec(type="qlora"), gpu_layout)
+    installed["bitsandbytes"] = True
+    check_method_supported(api.MethodSpec(type="qlora"), gpu_layout)
+    check_method_supported(api.MethodSpec(type="lora"), WorkerLayout(2, False, 1))
 
 
 def test_qlora_on_cpu_fails_before_data_or_model_are_touched(tmp_path, capsys):

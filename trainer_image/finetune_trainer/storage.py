@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +87,25 @@ def s3_filesystem() -> Any:
     return fsspec.filesystem("s3", **options)
 
 
+@contextmanager
+def s3_errors(uri: str) -> Iterator[None]:
+    """botocore's own failures (no credentials, endpoint unreachable) as an OSError naming uri.
+
+    s3fs turns S3's answers into OSErrors, but errors raised before any answer come
+    through as botocore exceptions, which callers would otherwise show as a traceback."""
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    try:
+        yield
+    except NoCredentialsError:
+        raise PermissionError(
+            f"{uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+            "in a cluster, through the job's secretRef)"
+        ) from None
+    except BotoCoreError as error:
+        raise OSError(f"{uri}: {error}") from None
+
+
 def s3_url(location: Location) -> str:
     return f"{location.bucket}/{location.path}" if location.path else location.bucket
 
@@ -93,7 +114,8 @@ def open_uri(uri: str, mode: str = "rb", *, base_dir: Path | None = None) -> IO[
     """Open a local, file://, pvc:// or s3:// object."""
     location = parse_uri(uri)
     if location.scheme == "s3":
-        return s3_filesystem().open(s3_url(location), mode)
+        with s3_errors(uri):
+            return s3_filesystem().open(s3_url(location), mode)
     if location.scheme == "hf":
         raise ValueError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
     return open(resolve_local(uri, base_dir=base_dir), mode)  # the caller closes it
@@ -106,6 +128,11 @@ def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -
         raise ValueError(f"{uri}: hf:// is fetched by the Hugging Face libraries")
     if location.scheme != "s3":
         return resolve_local(uri, base_dir=base_dir)
+    with s3_errors(uri):
+        return _fetch_s3(uri, location, cache_dir)
+
+
+def _fetch_s3(uri: str, location: Location, cache_dir: Path) -> Path:
     fs = s3_filesystem()
     remote = s3_url(location)
     target = cache_dir / location.bucket / location.path

@@ -8,6 +8,7 @@ which the job's secretRef provides). This module imports no torch.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -133,17 +134,27 @@ def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -
 
 
 def _fetch_s3(uri: str, location: Location, cache_dir: Path) -> Path:
+    """Download the objects whose ETag differs from the copy in the cache (all, the first time)."""
     fs = s3_filesystem()
     remote = s3_url(location)
     target = cache_dir / location.bucket / location.path
     if fs.isdir(remote):
-        for key in sorted(k.lstrip("/") for k in fs.find(remote)):
-            relative = key[len(remote) :].lstrip("/")
-            _download(fs, key, target / relative)
-        return target
-    if not fs.exists(remote):
+        objects = {key.lstrip("/"): info for key, info in fs.find(remote, detail=True).items()}
+        files = {key: target / key[len(remote) :].lstrip("/") for key in objects}
+    elif fs.exists(remote):
+        objects, files = {remote: fs.info(remote)}, {remote: target}
+    else:
         raise FileNotFoundError(f"{uri}: no such object or prefix")
-    _download(fs, remote, target)
+    # The ETags of what is in the cache, beside it (not inside: the model folder stays clean).
+    manifest = target.with_name(target.name + ".etags.json")
+    cached = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    for key in sorted(files):
+        etag = objects[key].get("ETag")
+        if etag is not None and cached.get(key) == etag and files[key].is_file():
+            continue
+        _download(fs, key, files[key])
+        cached[key] = etag
+        manifest.write_text(json.dumps(cached, indent=1, sort_keys=True), encoding="utf-8")
     return target
 
 

@@ -59,3 +59,23 @@ def _reset_moto(endpoint: str) -> None:
 
     request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
     urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture(scope="module")
+def s3_ray(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A local Ray whose workers see the S3 environment, as a RayJob's pods get it from the
+    job's Secret. Ray's worker processes take their environment when Ray starts, so a Ray
+    started earlier without it (by another test folder) is restarted with it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    environment = s3_environment(moto_endpoint, tmp_path_factory.mktemp("no-aws-home"))
+    ray.init(
+        num_cpus=2,
+        object_store_memory=200 * 2**20,
+        include_dashboard=False,
+        runtime_env={"env_vars": environment},
+    )
+    yield
+    ray.shutdown()

@@ -17,7 +17,7 @@ def test_a_run_reads_from_and_writes_to_s3(s3, s3_ray, tmp_path, monkeypatch):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    data = write_chat_data(tmp_path / "local" / "train.jsonl", 120)
+    data = write_chat_data(tmp_path / "local" / "train.jsonl", 60)
     model = write_tiny_model(tmp_path / "local" / "tiny", [data], vocab_size=384, hidden_size=64)
     for bucket in ("models", "data", "out"):
         s3.mkdir(bucket)
@@ -30,6 +30,8 @@ def test_a_run_reads_from_and_writes_to_s3(s3, s3_ray, tmp_path, monkeypatch):
         model={"source": "s3://models/tiny"},
         dataset={"train": {"source": "s3://data/chat/train.jsonl", "format": "messages"}},
         hyperparameters={"maxSteps": 2},
+        # Only what S3 changes is under test: loss only, since generating samples is slow on CPU.
+        evaluation={"everySteps": 2, "metrics": ["loss"], "maxGenerationSamples": 1},
         checkpointing={"everySteps": 2, "keep": 1},
         output={"destination": "s3://out/run1"},
     )

@@ -118,7 +118,7 @@ def test_a_missing_key_names_the_uri(s3, tmp_path, capsys):
 
 def test_a_missing_bucket_names_the_uri(s3, tmp_path, capsys):
     error = prepare_fails(tmp_path, "s3://no-such-bucket/train.jsonl", capsys)
-    assert error.startswith("error: s3://no-such-bucket/train.jsonl: ")
+    assert error == "error: s3://no-such-bucket/train.jsonl: no such object or prefix"
 
 
 def test_missing_credentials_name_the_uri_and_the_variables(s3, tmp_path, capsys, monkeypatch):

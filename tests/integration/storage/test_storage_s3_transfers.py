@@ -115,3 +115,16 @@ def test_upload_dir_puts_the_same_files_under_the_prefix(s3, tmp_path):
                     "out/prefix/metrics.json"]  # fmt: skip
     for name, data in tree(local).items():
         assert s3.cat_file(f"out/prefix/{name}") == data
+
+
+def test_upload_without_credentials_names_the_destination(s3, tmp_path, monkeypatch):
+    (tmp_path / "metrics.json").write_text("{}\n")
+    # A Secret that holds only one of the two keys.
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    type(s3).clear_instance_cache()
+    with pytest.raises(OSError, match=r"s3://out/run2: .*missing: AWS_SECRET_ACCESS_KEY"):
+        upload_dir(tmp_path, "s3://out/run2")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    type(s3).clear_instance_cache()
+    with pytest.raises(PermissionError, match=r"s3://out/run2: no S3 credentials"):
+        upload_dir(tmp_path, "s3://out/run2")

@@ -158,9 +158,12 @@ def upload_dir(local: Path, uri: str) -> None:
     """Copy everything under `local` to an s3:// prefix (checkpoints go there through Ray)."""
     import fsspec
 
+    from finetune_trainer.storage import s3_errors
+
     filesystem, root = fsspec.core.url_to_fs(uri, **s3_options(uri))
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            filesystem.put_file(
-                str(path), f"{root.rstrip('/')}/{path.relative_to(local).as_posix()}"
-            )
+    with s3_errors(uri):
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                filesystem.put_file(
+                    str(path), f"{root.rstrip('/')}/{path.relative_to(local).as_posix()}"
+                )

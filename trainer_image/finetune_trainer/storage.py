@@ -8,8 +8,11 @@ which the job's secretRef provides). This module imports no torch.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +88,25 @@ def s3_filesystem() -> Any:
     return fsspec.filesystem("s3", **options)
 
 
+@contextmanager
+def s3_errors(uri: str) -> Iterator[None]:
+    """botocore's own failures (no credentials, endpoint unreachable) as an OSError naming uri.
+
+    s3fs turns S3's answers into OSErrors, but errors raised before any answer come
+    through as botocore exceptions, which callers would otherwise show as a traceback."""
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    try:
+        yield
+    except NoCredentialsError:
+        raise PermissionError(
+            f"{uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+            "in a cluster, through the job's secretRef)"
+        ) from None
+    except BotoCoreError as error:
+        raise OSError(f"{uri}: {error}") from None
+
+
 def s3_url(location: Location) -> str:
     return f"{location.bucket}/{location.path}" if location.path else location.bucket
 
@@ -93,7 +115,8 @@ def open_uri(uri: str, mode: str = "rb", *, base_dir: Path | None = None) -> IO[
     """Open a local, file://, pvc:// or s3:// object."""
     location = parse_uri(uri)
     if location.scheme == "s3":
-        return s3_filesystem().open(s3_url(location), mode)
+        with s3_errors(uri):
+            return s3_filesystem().open(s3_url(location), mode)
     if location.scheme == "hf":
         raise ValueError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
     return open(resolve_local(uri, base_dir=base_dir), mode)  # the caller closes it
@@ -106,17 +129,32 @@ def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -
         raise ValueError(f"{uri}: hf:// is fetched by the Hugging Face libraries")
     if location.scheme != "s3":
         return resolve_local(uri, base_dir=base_dir)
+    with s3_errors(uri):
+        return _fetch_s3(uri, location, cache_dir)
+
+
+def _fetch_s3(uri: str, location: Location, cache_dir: Path) -> Path:
+    """Download the objects whose ETag differs from the copy in the cache (all, the first time)."""
     fs = s3_filesystem()
     remote = s3_url(location)
     target = cache_dir / location.bucket / location.path
     if fs.isdir(remote):
-        for key in sorted(k.lstrip("/") for k in fs.find(remote)):
-            relative = key[len(remote) :].lstrip("/")
-            _download(fs, key, target / relative)
-        return target
-    if not fs.exists(remote):
+        objects = {key.lstrip("/"): info for key, info in fs.find(remote, detail=True).items()}
+        files = {key: target / key[len(remote) :].lstrip("/") for key in objects}
+    elif fs.exists(remote):
+        objects, files = {remote: fs.info(remote)}, {remote: target}
+    else:
         raise FileNotFoundError(f"{uri}: no such object or prefix")
-    _download(fs, remote, target)
+    # The ETags of what is in the cache, beside it (not inside: the model folder stays clean).
+    manifest = target.with_name(target.name + ".etags.json")
+    cached = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    for key in sorted(files):
+        etag = objects[key].get("ETag")
+        if etag is not None and cached.get(key) == etag and files[key].is_file():
+            continue
+        _download(fs, key, files[key])
+        cached[key] = etag
+        manifest.write_text(json.dumps(cached, indent=1, sort_keys=True), encoding="utf-8")
     return target
 
 

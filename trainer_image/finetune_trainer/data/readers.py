@@ -89,6 +89,17 @@ def _local_files(uri: str, path: Path) -> list[Path]:
 
 
 def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> Iterator[RawRecord]:
+    try:
+        with storage.s3_errors(uri):
+            yield from _read_s3_objects(uri, location, lineage)
+    except OSError as error:  # access denied, no credentials, bucket gone mid-read
+        message = str(error)
+        raise DataError(message if uri in message else f"{uri}: {message}") from None
+
+
+def _read_s3_objects(
+    uri: str, location: storage.Location, lineage: SourceLineage
+) -> Iterator[RawRecord]:
     fs = storage.s3_filesystem()
     remote = storage.s3_url(location)
     if fs.isdir(remote):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.validation import load_job_file
+from finetune_operator.validation import InvalidSpec, load_job_file
 
 STOP_AT_STEP_ENV = "FINETUNE_STOP_AT_STEP"  # test hook: act as if Ctrl-C came at this step
 STAGING_ENV = "FINETUNE_STAGING_DIR"  # where s3:// outputs are written before the upload
@@ -39,6 +39,10 @@ def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> 
 
     try:
         return _run(job_path, output=output, workers=workers)
+    except InvalidSpec as error:
+        for problem in error.problems:  # each already reads "FILE: spec.path: reason"
+            print(f"finetune run: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except USER_ERRORS as error:
         print(f"finetune run: {job_path}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

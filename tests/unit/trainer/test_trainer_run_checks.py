@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from finetune_operator import api
 from finetune_trainer.ray_train import (
@@ -105,13 +107,19 @@ def test_bad_input_is_one_line_and_exit_2(job_dir, capsys, overrides, workers, m
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
-def test_invalid_manifest_names_the_field(tmp_path, capsys):
-    manifest = make_manifest(hyperparameters={"learningRate": -1})
-    assert run_command(write_job(tmp_path, manifest), output=None, workers=None) == EXIT_BAD_INPUT
-    assert "spec.hyperparameters.learningRate" in capsys.readouterr().err
+def test_invalid_manifest_names_each_field_on_its_own_line(tmp_path, capsys):
+    manifest = make_manifest(hyperparameters={"learningRate": -1, "batchSize": 0})
+    job_file = write_job(tmp_path, manifest)
+    assert run_command(job_file, output=None, workers=None) == EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ")[2] for line in lines] == [
+        "spec.hyperparameters.learningRate",
+        "spec.hyperparameters.batchSize",
+    ]
+    assert all(line.count(str(job_file)) == 1 for line in lines), lines
 
 
 def test_output_destinations(tmp_path, monkeypatch):

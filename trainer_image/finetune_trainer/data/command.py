@@ -24,7 +24,9 @@ def prepare_command(job_path: Path, output_dir: Path) -> int:
         job = load_job_file(job_path)
         report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
     except InvalidSpec as error:
-        return _fail(str(error))  # already "FILE: spec.path: reason"
+        for problem in error.problems:  # each already reads "FILE: spec.path: reason"
+            _fail(str(problem))
+        return 1
     except DataError as error:
         return _fail(str(error))
     except OSError as error:

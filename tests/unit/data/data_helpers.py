@@ -72,3 +72,18 @@ def prepare_in(tmp_path: Path, train: list[Any], **overrides: Any):
 
     write_jsonl(tmp_path / "train.jsonl", train)
     return prepare_records(make_spec(**overrides), base_dir=tmp_path)
+
+
+# Twenty well-formed records of each format, for the readers' tests (local and S3).
+FORMAT_RECORDS = {
+    "messages": [chat(f"Question {i}?", f"Answer number {i}.") for i in range(20)],
+    "alpaca": [
+        {"instruction": f"Double {i}.", "input": "" if i % 2 else "show work", "output": str(2 * i)}
+        for i in range(20)
+    ],
+    "text": [{"text": f"Paragraph {i} about rivers and mountains."} for i in range(20)],
+    "preference": [
+        {"prompt": f"Greet person {i}.", "chosen": f"Hello, person {i}!", "rejected": "No."}
+        for i in range(20)
+    ],
+}

@@ -10,20 +10,8 @@ from finetune_trainer import storage
 from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.readers import HF_MIRROR_ENV
 
+from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
 from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
-
-RECORDS = {
-    "messages": [chat(f"Question {i}?", f"Answer number {i}.") for i in range(20)],
-    "alpaca": [
-        {"instruction": f"Double {i}.", "input": "" if i % 2 else "show work", "output": str(2 * i)}
-        for i in range(20)
-    ],
-    "text": [{"text": f"Paragraph {i} about rivers and mountains."} for i in range(20)],
-    "preference": [
-        {"prompt": f"Greet person {i}.", "chosen": f"Hello, person {i}!", "rejected": "No."}
-        for i in range(20)
-    ],
-}
 
 
 def spec_for(source, fmt="messages", **dataset):

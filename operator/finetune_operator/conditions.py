@@ -53,13 +53,10 @@ def conditions_for_phase(
     result = conditions
     for type_ in ConditionType:
         if type_ is true_type:
-            result = set_condition(
-                result, type_, "True", reason=reason, message=message, now=now,
-                generation=generation,
-            )  # fmt: skip
+            status, why, detail = "True", reason, message
         else:
-            result = set_condition(
-                result, type_, "False", reason=phase.value, message=f"the job is {phase.value}",
-                now=now, generation=generation,
-            )  # fmt: skip
+            status, why, detail = "False", phase.value, f"the job is {phase.value}"
+        result = set_condition(
+            result, type_, status, reason=why, message=detail, now=now, generation=generation
+        )
     return sorted(result, key=lambda c: list(ConditionType).index(ConditionType(c["type"])))

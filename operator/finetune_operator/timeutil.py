@@ -17,3 +17,12 @@ def parse(text: str) -> datetime.datetime:
     """A timestamp from the API; naive ones are taken as UTC."""
     moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def seconds_left(
+    since: str | None, limit_seconds: int | None, now: datetime.datetime
+) -> float | None:
+    """Seconds until `limit_seconds` after `since` (negative once passed); None without both."""
+    if limit_seconds is None or not since:
+        return None
+    return limit_seconds - (now - parse(since)).total_seconds()

@@ -95,10 +95,10 @@ def train_worker(config: dict[str, Any]) -> None:
     eval_micro = max(1, batch.micro_batch_size)
     last_train_losses: list[float] = []
 
-    def run_eval() -> dict[str, float]:
+    def run_eval(split: str = "validation") -> dict[str, float]:
         return evaluate.evaluate_loss(
             engine,
-            data["validation"],
+            data[split],
             micro=eval_micro,
             pad_token_id=tokenizer.pad_token_id,
             device=device,
@@ -177,7 +177,7 @@ def train_worker(config: dict[str, Any]) -> None:
         "trainable_parameters": trainable,
         "total_parameters": total_params,
     }
-    metrics |= _final_evaluation(spec, engine, data, tokenizer, eval_micro, device, dtype, run_eval)
+    metrics |= _final_evaluation(spec, engine, data, tokenizer, device, run_eval)
     artifacts.save_model_artifacts(
         engine, model, spec, tokenizer, model_dir, Path(setup.output_dir), rank=rank
     )
@@ -313,9 +313,7 @@ def _gpu_row(tokens_per_second: float, total_params: int, world: int) -> dict[st
     return row
 
 
-def _final_evaluation(
-    spec, engine, data, tokenizer, micro, device, dtype, run_eval
-) -> dict[str, float]:
+def _final_evaluation(spec, engine, data, tokenizer, device, run_eval) -> dict[str, float]:
     """Validation loss/perplexity, then test loss, perplexity, accuracy and generation metrics."""
     metrics: dict[str, float] = {}
     validation = run_eval()
@@ -323,14 +321,7 @@ def _final_evaluation(
         metrics |= {"eval_loss": validation["loss"], "eval_perplexity": validation["perplexity"]}
     wanted = set(spec.evaluation.metrics)
     if data["test"]:
-        test = evaluate.evaluate_loss(
-            engine,
-            data["test"],
-            micro=micro,
-            pad_token_id=tokenizer.pad_token_id,
-            device=device,
-            dtype=dtype,
-        )
+        test = run_eval("test")
         metrics |= (
             {"test_loss": test["loss"], "test_perplexity": test["perplexity"]} if test else {}
         )

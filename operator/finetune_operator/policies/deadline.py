@@ -17,10 +17,7 @@ def seconds_left(
     start_time: str | None, deadline_seconds: int | None, now: datetime.datetime
 ) -> float | None:
     """Seconds until the deadline (negative once passed); None when there is no deadline."""
-    if deadline_seconds is None or not start_time:
-        return None
-    started = timeutil.parse(start_time)
-    return deadline_seconds - (now - started).total_seconds()
+    return timeutil.seconds_left(start_time, deadline_seconds, now)
 
 
 def deadline_observation(deadline_seconds: int) -> Observation:

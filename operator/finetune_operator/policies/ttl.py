@@ -11,7 +11,4 @@ def seconds_until_deletion(
     completion_time: str | None, ttl_seconds: int | None, now: datetime.datetime
 ) -> float | None:
     """Seconds left before the job is due for deletion (<= 0: now); None: never."""
-    if ttl_seconds is None or not completion_time:
-        return None
-    finished = timeutil.parse(completion_time)
-    return ttl_seconds - (now - finished).total_seconds()
+    return timeutil.seconds_left(completion_time, ttl_seconds, now)

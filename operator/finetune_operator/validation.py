@@ -27,6 +27,7 @@ from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from finetune_operator import api, crd
+from finetune_operator.errors import UserError
 
 PATTERN_HINTS = {
     api.SOURCE_PATTERN: "must be hf://org/name, s3://bucket/prefix, pvc://claim/path, "
@@ -48,7 +49,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class InvalidSpec(ValueError):
+class InvalidSpec(UserError):
     """A manifest that is not a valid FineTuneJob; `problems` name each field."""
 
     def __init__(self, problems: list[Problem]) -> None:

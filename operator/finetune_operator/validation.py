@@ -27,6 +27,7 @@ from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from finetune_operator import api, crd
+from finetune_operator.errors import UserError
 
 PATTERN_HINTS = {
     api.SOURCE_PATTERN: "must be hf://org/name, s3://bucket/prefix, pvc://claim/path, "
@@ -48,7 +49,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class InvalidSpec(ValueError):
+class InvalidSpec(UserError):
     """A manifest that is not a valid FineTuneJob; `problems` name each field."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -59,60 +60,81 @@ class InvalidSpec(ValueError):
 # ---------------------------------------------------------------------------- entry points
 
 
-def parse_job(obj: Any) -> api.FineTuneJob:
-    """The typed job, or InvalidSpec listing every problem the three layers find."""
-    problems = validate_object(obj)
+def parse_job(obj: Any, old: Any = None) -> api.FineTuneJob:
+    """The typed job, or InvalidSpec listing every problem the three layers find.
+
+    `old` (the stored object) enables the CEL transition rules.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidSpec(
+            [Problem("", f"expected a FineTuneJob object (a mapping), got {_kind_of(obj)}")]
+        )
+    problems = _header_problems(obj)
     if problems:
         raise InvalidSpec(problems)
-    return api.FineTuneJob.model_validate(obj)
+    job, problems = _model_layer(obj)
+    seen = {p.path for p in problems}
+    problems += [p for p in _schema_problems(obj) if p.path not in seen]
+    if problems or job is None:
+        raise InvalidSpec(problems)
+    problems = cel_problems(_as_admitted(job), old)
+    if problems:
+        raise InvalidSpec(problems)
+    return job
 
 
 def validate_object(obj: Any, old: Any = None) -> list[Problem]:
     """Every problem with one manifest; `old` (the stored object) enables transition rules."""
-    if not isinstance(obj, dict):
-        return [Problem("", f"expected a FineTuneJob object (a mapping), got {_kind_of(obj)}")]
-    header = _header_problems(obj)
-    if header:
-        return header
-    problems = _model_problems(obj)
-    seen = {p.path for p in problems}
-    problems += [p for p in _schema_problems(obj) if p.path not in seen]
-    if problems:
-        return problems
-    job = api.FineTuneJob.model_validate(obj)
-    return cel_problems(_as_admitted(job), old)
+    try:
+        parse_job(obj, old)
+    except InvalidSpec as error:
+        return error.problems
+    return []
 
 
 def validate_file(path: Path) -> list[str]:
     """`FILE: spec.path: reason` lines for every problem in a YAML file; empty when valid."""
     try:
-        documents = list(_load_yaml_documents(path.read_text(encoding="utf-8")))
-    except OSError as error:
-        return [f"{path}: cannot read: {error.strerror or error}"]
-    except UnicodeDecodeError:
-        return [f"{path}: not a UTF-8 text file"]
-    except yaml.YAMLError as error:
-        return [f"{path}: {_describe_yaml_error(error)}"]
-    if not documents:
-        return [f"{path}: no FineTuneJob in the file (it is empty)"]
-    lines = []
-    for index, document in enumerate(documents, start=1):
-        suffix = f" (document {index})" if len(documents) > 1 else ""
-        lines += [f"{path}: {problem}{suffix}" for problem in validate_object(document)]
-    return lines
+        _load_jobs(path)
+    except InvalidSpec as error:
+        return [str(problem) for problem in error.problems]
+    return []
 
 
 def load_job_file(path: Path) -> api.FineTuneJob:
     """The one FineTuneJob in a YAML file (for `finetune run` / `prepare` / `render`)."""
-    lines = validate_file(path)
+    jobs = _load_jobs(path)
+    if len(jobs) != 1:
+        raise InvalidSpec([Problem("", f"{path}: expected one FineTuneJob, found {len(jobs)}")])
+    return jobs[0]
+
+
+def _load_jobs(path: Path) -> list[api.FineTuneJob]:
+    """Every job in a YAML file, read and validated once; InvalidSpec with `FILE: ...` lines."""
+    try:
+        documents = list(_load_yaml_documents(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise _file_problem(path, f"cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise _file_problem(path, "not a UTF-8 text file") from None
+    except yaml.YAMLError as error:
+        raise _file_problem(path, _describe_yaml_error(error)) from None
+    if not documents:
+        raise _file_problem(path, "no FineTuneJob in the file (it is empty)")
+    jobs, lines = [], []
+    for index, document in enumerate(documents, start=1):
+        suffix = f" (document {index})" if len(documents) > 1 else ""
+        try:
+            jobs.append(parse_job(document))
+        except InvalidSpec as error:
+            lines += [Problem("", f"{path}: {problem}{suffix}") for problem in error.problems]
     if lines:
-        raise InvalidSpec([Problem("", line) for line in lines])
-    documents = list(_load_yaml_documents(path.read_text(encoding="utf-8")))
-    if len(documents) != 1:
-        raise InvalidSpec(
-            [Problem("", f"{path}: expected one FineTuneJob, found {len(documents)}")]
-        )
-    return api.FineTuneJob.model_validate(documents[0])
+        raise InvalidSpec(lines)
+    return jobs
+
+
+def _file_problem(path: Path, message: str) -> InvalidSpec:
+    return InvalidSpec([Problem("", f"{path}: {message}")])
 
 
 # ---------------------------------------------------------------------------- YAML
@@ -164,12 +186,12 @@ def _header_problems(obj: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def _model_problems(obj: dict[str, Any]) -> list[Problem]:
+def _model_layer(obj: dict[str, Any]) -> tuple[api.FineTuneJob | None, list[Problem]]:
+    """The typed job when the models accept `obj`, else the problems they name."""
     try:
-        api.FineTuneJob.model_validate(obj)
+        return api.FineTuneJob.model_validate(obj), []
     except pydantic.ValidationError as error:
-        return [_describe_pydantic_error(e) for e in error.errors()]
-    return []
+        return None, [_describe_pydantic_error(e) for e in error.errors()]
 
 
 def _describe_pydantic_error(error: Any) -> Problem:
@@ -229,10 +251,15 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 @functools.cache
+def _crd_schema() -> dict[str, Any]:
+    """The CRD's schema, built once: generating it is most of a parse's cost. Read-only."""
+    return crd.openapi_schema()
+
+
+@functools.cache
 def _admission_validator() -> jsonschema.Draft4Validator:
     """The CRD schema as admission applies it, with kubectl's strict field validation."""
-    schema = crd.openapi_schema()
-    return jsonschema.Draft4Validator(_strict(schema))
+    return jsonschema.Draft4Validator(_strict(_crd_schema()))
 
 
 def _strict(node: dict[str, Any]) -> dict[str, Any]:
@@ -288,26 +315,11 @@ def _program(rule: str) -> celpy.Runner:
 
 def cel_problems(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[Problem]:
     """Evaluate every x-kubernetes-validations rule of the CRD on `obj` (and `old`)."""
-    schema = crd.openapi_schema()
-    return list(_walk_rules(schema, obj, old, ""))
+    return list(_walk_rules(_crd_schema(), obj, old, ""))
 
 
 def _walk_rules(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iterator[Problem]:
-    for rule in schema.get("x-kubernetes-validations", []):
-        uses_old = "oldSelf" in rule["rule"]
-        if uses_old and old is None:
-            continue  # a transition rule: only an update has an old object
-        variables = {"self": _to_cel(value, schema)}
-        if uses_old:
-            variables["oldSelf"] = _to_cel(old, schema)
-        try:
-            passed = bool(_program(rule["rule"]).evaluate(variables))
-        except CELEvalError as error:
-            passed = False
-            rule = {**rule, "message": f"{rule['message']} (rule failed to evaluate: {error})"}
-        if not passed:
-            field = rule.get("fieldPath", "")
-            yield Problem(f"{path}{field}".lstrip("."), rule["message"])
+    yield from _rule_problems(schema, value, old, path)
     if isinstance(value, dict):
         for name, child in schema.get("properties", {}).items():
             if name in value:
@@ -316,6 +328,27 @@ def _walk_rules(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iter
     if isinstance(value, list) and "items" in schema:
         for index, item in enumerate(value):
             yield from _walk_rules(schema["items"], item, None, f"{path}[{index}]")
+
+
+def _rule_problems(schema: dict[str, Any], value: Any, old: Any, path: str) -> Iterator[Problem]:
+    """The rules on one schema node; `self` (and `oldSelf`) converted to CEL once for all."""
+    rules = schema.get("x-kubernetes-validations", [])
+    if not rules:
+        return
+    variables = {"self": _to_cel(value, schema)}
+    if old is not None and any("oldSelf" in rule["rule"] for rule in rules):
+        variables["oldSelf"] = _to_cel(old, schema)
+    for rule in rules:
+        if "oldSelf" in rule["rule"] and "oldSelf" not in variables:
+            continue  # a transition rule: only an update has an old object
+        try:
+            passed = bool(_program(rule["rule"]).evaluate(variables))
+        except CELEvalError as error:
+            passed = False
+            rule = {**rule, "message": f"{rule['message']} (rule failed to evaluate: {error})"}
+        if not passed:
+            field = rule.get("fieldPath", "")
+            yield Problem(f"{path}{field}".lstrip("."), rule["message"])
 
 
 def _to_cel(value: Any, schema: dict[str, Any]) -> Any:

@@ -8,14 +8,11 @@ from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer.errors import ModelSourceError, StorageError
 from finetune_trainer.storage import fetch_to_cache, resolve_local
 
 MODEL_CACHE_ENV = "FINETUNE_MODEL_CACHE"
 ALL_LINEAR = "all-linear"
-
-
-class ModelSourceError(ValueError):
-    """The model cannot be found or loaded; the message names spec.model.source."""
 
 
 def resolve_model_dir(model: api.ModelSpec, *, base_dir: Path | None = None) -> Path:
@@ -25,7 +22,10 @@ def resolve_model_dir(model: api.ModelSpec, *, base_dir: Path | None = None) -> 
     if source.startswith("hf://"):
         local = _download_from_hub(source.removeprefix("hf://"), model.revision)
     elif source.startswith("s3://"):
-        local = fetch_to_cache(source, cache, base_dir=base_dir)
+        try:
+            local = fetch_to_cache(source, cache, base_dir=base_dir)
+        except StorageError as error:
+            raise ModelSourceError(f"spec.model.source: {error}") from error
     else:
         local = resolve_local(source, base_dir=base_dir)
     if not (local / "config.json").is_file():
@@ -54,6 +54,8 @@ def _download_from_hub(repo_id: str, revision: str) -> Path:
             f"spec.model.source: hf://{repo_id}@{revision}: {error} (for a private model put "
             "HF_TOKEN into the spec.model.secretRef Secret)"
         ) from error
+    except (ValueError, OSError) as error:  # a malformed repo id, an unwritable cache
+        raise ModelSourceError(f"spec.model.source: hf://{repo_id}@{revision}: {error}") from error
 
 
 def load_tokenizer(model_dir: Path, model: api.ModelSpec, chat_template: str | None = None):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from finetune_operator import api
+from finetune_trainer.errors import ModelSourceError
 from finetune_trainer.model import (
-    ModelSourceError,
     apply_method,
     count_parameters,
     linear_module_names,

@@ -8,36 +8,40 @@ from pathlib import Path
 from typing import Any
 
 from finetune_operator import api
+from finetune_operator.errors import UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import storage
 from finetune_trainer.data.packing import token_stats
 from finetune_trainer.data.pipeline import stream_prepared, write_report
-from finetune_trainer.data.readers import DataError
 from finetune_trainer.data.report import summary_lines
+from finetune_trainer.errors import DataError
 
 
 def prepare_command(job_path: Path, output_dir: Path) -> int:
     """Run the data stage of a job file; 0 on success, 1 with a one-line error otherwise."""
-    base_dir = job_path.parent.resolve()
     try:
-        job = load_job_file(job_path)
-        report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
+        report = _prepare(job_path, output_dir)
     except InvalidSpec as error:
         for problem in error.problems:  # each already reads "FILE: spec.path: reason"
             _fail(str(problem))
         return 1
-    except DataError as error:
+    except UserError as error:
         return _fail(str(error))
-    except OSError as error:
-        return _fail(f"{error.filename or output_dir}: {error.strerror or error}")
-    tokenizer, note = load_tokenizer(job.spec.model, base_dir=base_dir)
-    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
-    write_report(report, output_dir)
     for line in summary_lines(report):
         print(line)
     print(f"wrote {output_dir}/{{train,validation,test}}.jsonl and data_report.json")
     return 0
+
+
+def _prepare(job_path: Path, output_dir: Path) -> dict[str, Any]:
+    base_dir = job_path.parent.resolve()
+    job = load_job_file(job_path)
+    report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
+    tokenizer, note = load_tokenizer(job.spec.model, base_dir=base_dir)
+    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
+    write_report(report, output_dir)
+    return report
 
 
 def _fail(message: str) -> int:

@@ -14,8 +14,8 @@ from typing import Any
 
 from finetune_operator import api
 
-from finetune_trainer.data.readers import DataError
 from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, tokenize_record
+from finetune_trainer.errors import DataError
 
 
 def build_rows(

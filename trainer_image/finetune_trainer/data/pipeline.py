@@ -19,14 +19,16 @@ from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer import storage
 from finetune_trainer.data.clean import clean_records
 from finetune_trainer.data.dedup import make_deduplicator
 from finetune_trainer.data.formats import can_convert, content_text, convert
 from finetune_trainer.data.leakage import LeakageIndex
-from finetune_trainer.data.readers import DataError, SourceLineage, read_source
+from finetune_trainer.data.readers import SourceLineage, read_source
 from finetune_trainer.data.report import DataReport
 from finetune_trainer.data.sinks import SPLITS, JsonlSink, ListSink
 from finetune_trainer.data.split import TEST, TRAIN, VALIDATION, split_of
+from finetune_trainer.errors import DataError
 
 
 @dataclass
@@ -50,17 +52,19 @@ def stream_prepared(
 ) -> dict[str, Any]:
     """The data stage written straight to DIR/<split>.jsonl, never holding the records.
 
-    Returns the report (not yet written, so that token statistics can be added).
+    Returns the report (not yet written, so that token statistics can be added). The
+    readers name their own files in their errors; what is left is writing into out_dir.
     """
-    sink = JsonlSink(out_dir)
-    committed = False
-    try:
-        report = run_data_stage(spec, sink, base_dir=base_dir)
-        sink.commit()
-        committed = True
-    finally:
-        if not committed:  # no half-written split files on failure
-            sink.abort()
+    with storage.local_errors(out_dir):
+        sink = JsonlSink(out_dir)
+        committed = False
+        try:
+            report = run_data_stage(spec, sink, base_dir=base_dir)
+            sink.commit()
+            committed = True
+        finally:
+            if not committed:  # no half-written split files on failure
+                sink.abort()
     return report
 
 
@@ -194,14 +198,16 @@ def _interleave(train: Iterator[dict], train_size: int, extra: list[dict]) -> It
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
     """DIR/train.jsonl, validation.jsonl, test.jsonl and data_report.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        _write_jsonl(out_dir / f"{name}.jsonl", getattr(prepared, name))
+    with storage.local_errors(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in SPLITS:
+            _write_jsonl(out_dir / f"{name}.jsonl", getattr(prepared, name))
     write_report(prepared.report, out_dir)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    _write_atomic(out_dir / "data_report.json", json.dumps(report, indent=2) + "\n")
+    with storage.local_errors(out_dir):
+        _write_atomic(out_dir / "data_report.json", json.dumps(report, indent=2) + "\n")
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:

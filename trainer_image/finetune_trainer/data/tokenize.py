@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_trainer.data.formats import to_messages
-from finetune_trainer.data.readers import DataError
+from finetune_trainer.errors import DataError
 
 IGNORE_INDEX = -100
 

@@ -58,14 +58,32 @@ def _download_from_hub(repo_id: str, revision: str) -> Path:
         raise ModelSourceError(f"spec.model.source: hf://{repo_id}@{revision}: {error}") from error
 
 
-def load_tokenizer(model_dir: Path, model: api.ModelSpec, chat_template: str | None = None):
+def load_tokenizer(
+    model_dir: Path | str,
+    model: api.ModelSpec,
+    chat_template: str | None = None,
+    *,
+    revision: str | None = None,
+) -> Any:
+    """The tokenizer in `model_dir` (a folder, or a hub repo id at `revision`) with the job's
+    chat template and a pad token; ModelSourceError naming spec.model.source if it won't load."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=model.trust_remote_code)
+    options = {"revision": revision} if revision else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=model.trust_remote_code, **options
+        )
+    except (OSError, ValueError) as error:  # missing files, malformed JSON, unknown class
+        lines = str(error).strip().splitlines()
+        raise ModelSourceError(
+            f"spec.model.source: cannot load the tokenizer of {model.source}: "
+            f"{lines[0] if lines else type(error).__name__}"
+        ) from error
     if chat_template:
         tokenizer.chat_template = chat_template
     if tokenizer.pad_token_id is None:
-        # Padding never reaches the loss (labels -100, attention masked), so eos is safe here.
+        # Padding never reaches the loss (labels IGNORE_INDEX, attention masked): eos is safe.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

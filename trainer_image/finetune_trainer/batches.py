@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune_trainer.data import collate_rows
-
-IGNORE = -100
+from finetune_trainer.data.tokenize import IGNORE_INDEX
 
 
 def epoch_order(n_rows: int, *, seed: int, epoch: int) -> list[int]:
@@ -66,7 +65,7 @@ def shifted_targets(batch: dict[str, Any]) -> torch.Tensor:
     """Next-token targets; a packed document's first token is never predicted from the
     previous document's last one."""
     targets = batch["labels"][:, 1:].clone()
-    targets[batch["position_ids"][:, 1:] == 0] = IGNORE
+    targets[batch["position_ids"][:, 1:] == 0] = IGNORE_INDEX
     return targets
 
 
@@ -83,9 +82,9 @@ def forward_sums(model, batch: dict[str, Any]) -> tuple[torch.Tensor, int, int, 
     loss_sum = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)),
         targets.reshape(-1),
-        ignore_index=IGNORE,
+        ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    counted = targets != IGNORE
+    counted = targets != IGNORE_INDEX
     correct = int(((logits.argmax(-1) == targets) & counted).sum())
     return loss_sum, int(counted.sum()), correct, int(batch["num_tokens"])

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from finetune_trainer.batches import collate, forward_sums, shard_for_eval, to_device
 from finetune_trainer.data import build_rows
+from finetune_trainer.data.tokenize import IGNORE_INDEX
 
 GENERATION_METRICS = ("exact_match", "bleu", "rouge")
 MAX_NEW_TOKENS = 256
@@ -59,7 +60,7 @@ def generation_samples(
         if not rows:
             continue
         ids, labels = rows[0]["input_ids"], rows[0]["labels"]
-        first = next((i for i, label in enumerate(labels) if label != -100), None)
+        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
         if not first:  # no prompt (plain text) or nothing to predict
             continue
         reference = tokenizer.decode(ids[first:], skip_special_tokens=True).strip()

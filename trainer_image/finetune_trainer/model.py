@@ -88,7 +88,9 @@ def load_tokenizer(
     return tokenizer
 
 
-def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quantize_4bit: bool):
+def load_base_model(
+    model_dir: Path, model: api.ModelSpec, *, dtype: Any, quantize_4bit: bool
+) -> Any:
     """The base model in `dtype`; NF4-quantised through bitsandbytes for qlora."""
     from transformers import AutoModelForCausalLM
 
@@ -99,7 +101,8 @@ def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quanti
 
         # bitsandbytes quantises while loading onto the GPU, so load straight onto this rank's.
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        # transformers leaves this constructor unannotated.
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -108,7 +111,7 @@ def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quanti
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
-def linear_module_names(model) -> list[str]:
+def linear_module_names(model: Any) -> list[str]:
     """Leaf names of every linear layer except the output head (what all-linear means)."""
     import torch
 
@@ -134,7 +137,7 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def resolve_target_modules(model, requested: list[str]) -> list[str]:
+def resolve_target_modules(model: Any, requested: list[str]) -> list[str]:
     """The module names LoRA adapts; every requested name must exist in the model."""
     linear = linear_module_names(model)
     if ALL_LINEAR in requested:
@@ -149,7 +152,7 @@ def resolve_target_modules(model, requested: list[str]) -> list[str]:
     return list(requested)
 
 
-def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
+def apply_method(base: Any, method: api.MethodSpec, *, gradient_checkpointing: bool) -> Any:
     """Wrap the base for lora/qlora (only adapters train) or leave it whole for full."""
     if gradient_checkpointing:
         if hasattr(base, "activation_checkpointing_enable"):  # the transformers 5 name
@@ -162,7 +165,8 @@ def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
-        base = prepare_model_for_kbit_training(
+        # peft leaves this function unannotated.
+        base = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             base, use_gradient_checkpointing=gradient_checkpointing
         )
     elif gradient_checkpointing:
@@ -170,7 +174,8 @@ def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
         base.enable_input_require_grads()
     config = LoraConfig(
         r=method.lora.r,
-        lora_alpha=method.lora.alpha,
+        # peft annotates an int but only computes alpha / r with it, so a float is honoured.
+        lora_alpha=method.lora.alpha,  # type: ignore[arg-type]
         lora_dropout=method.lora.dropout,
         target_modules=resolve_target_modules(base, method.lora.target_modules),
         task_type="CAUSAL_LM",
@@ -178,7 +183,7 @@ def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
     return get_peft_model(base, config)
 
 
-def count_parameters(model) -> tuple[int, int]:
+def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameter counts; ZeRO-3 partitioned tensors report their full size."""
     trainable = total = 0
     for parameter in model.parameters():

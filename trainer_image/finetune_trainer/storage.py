@@ -154,7 +154,8 @@ def open_uri(uri: str, mode: str = "rb", *, base_dir: Path | None = None) -> IO[
     location = parse_uri(uri)
     if location.scheme == "s3":
         with s3_errors(uri):
-            return s3_filesystem().open(s3_url(location), mode)
+            handle: IO[Any] = s3_filesystem().open(s3_url(location), mode)
+            return handle
     if location.scheme == "hf":
         raise LocationError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
     return open(resolve_local(uri, base_dir=base_dir), mode)  # the caller closes it

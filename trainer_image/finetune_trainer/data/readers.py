@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -152,9 +153,13 @@ class _HashingReader:
         self.raw, self.hasher = raw, hasher
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
+        data: bytes = self.raw.read(size)
         self.hasher.update(data)
         return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # GzipFile seeks only to rewind, which a digest of one sequential pass cannot allow.
+        raise io.UnsupportedOperation("a hashed stream is read once, front to back")
 
 
 def _hash_whole(handle: Any, hasher: Any) -> None:
@@ -163,7 +168,7 @@ def _hash_whole(handle: Any, hasher: Any) -> None:
 
 
 def _hashed_bytes(handle: Any, hasher: Any) -> bytes:
-    data = handle.read()
+    data: bytes = handle.read()
     hasher.update(data)
     return data
 

@@ -1,7 +1,8 @@
 """`finetune`: validate, render, prepare and run FineTuneJobs from the command line.
 
 validate and render need only the operator's light dependencies; prepare and run
-import the trainer (torch, transformers, ray) when they are called, not before.
+import the trainer (torch, transformers, ray) when they are called, not before, and
+say which extra to install when it is missing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,34 @@ import sys
 from pathlib import Path
 
 from finetune_operator.validation import validate_file
+
+EXIT_BAD_INPUT = 2
+# Import names of the packages in pyproject's `trainer` extra, and of the two the trainer
+# imports that come with them (botocore with s3fs, huggingface_hub with transformers).
+TRAINER_MODULES = frozenset(
+    {
+        "accelerate",
+        "botocore",
+        "datasets",
+        "datasketch",
+        "deepspeed",
+        "fsspec",
+        "huggingface_hub",
+        "matplotlib",
+        "peft",
+        "pyarrow",
+        "ray",
+        "rich",
+        "rouge_score",
+        "s3fs",
+        "sacrebleu",
+        "safetensors",
+        "tokenizers",
+        "torch",
+        "transformers",
+    }
+)
+TRAINER_COMMANDS = ("prepare", "run")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -85,6 +114,22 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`finetune render job.yaml | head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ModuleNotFoundError as error:
+        # Any other missing module is a bug of ours or a broken install: keep its traceback.
+        if args.command not in TRAINER_COMMANDS or not is_trainer_module(error.name):
+            raise
+        print(
+            f"finetune {args.command}: no module named {error.name!r}: needs the trainer "
+            "extras (torch, ray, transformers, ...): pip install 'finetune-operator[trainer]' "
+            "(install torch first)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+
+
+def is_trainer_module(name: str | None) -> bool:
+    """True for a module of a package the `trainer` extra installs (or one of its submodules)."""
+    return name is not None and name.partition(".")[0] in TRAINER_MODULES
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer.errors import BatchSizeError
+
 # Without a memory probe we cap the automatic micro batch; accumulation covers the rest.
 AUTO_MICRO_BATCH_CAP = 8
-
-
-class BatchSizeError(ValueError):
-    """The global batch cannot be split evenly over the ranks; the message names the field."""
 
 
 @dataclass(frozen=True)

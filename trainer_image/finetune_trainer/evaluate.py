@@ -11,9 +11,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from finetune_operator import api
 
 from finetune_trainer.batches import collate, forward_sums, shard_for_eval, to_device
 from finetune_trainer.data import build_rows
+from finetune_trainer.data.formats import Record
+from finetune_trainer.data.packing import Row
+from finetune_trainer.data.tokenize import IGNORE_INDEX
 
 GENERATION_METRICS = ("exact_match", "bleu", "rouge")
 MAX_NEW_TOKENS = 256
@@ -21,7 +25,13 @@ MAX_NEW_TOKENS = 256
 
 @torch.no_grad()
 def evaluate_loss(
-    model, rows: list[dict], *, micro: int, pad_token_id: int, device, dtype
+    model: Any,
+    rows: list[Row],
+    *,
+    micro: int,
+    pad_token_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, float]:
     """Mean token loss, perplexity and next-token accuracy over `rows` on all ranks."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -46,12 +56,12 @@ def evaluate_loss(
 
 
 def generation_samples(
-    records: list[dict], fmt: str, tokenizer, dataset, limit: int
+    records: list[Record], fmt: str, tokenizer: Any, dataset: api.DatasetSpec, limit: int
 ) -> list[dict[str, Any]]:
     """(prompt token ids, reference text) per test record, rendered exactly as in training:
     the prompt is what carries no loss, the reference what does."""
     unpacked = dataset.model_copy(update={"packing": False, "train_on_prompt": False})
-    samples = []
+    samples: list[dict[str, Any]] = []
     for record in records:
         if len(samples) >= limit:
             break
@@ -59,7 +69,7 @@ def generation_samples(
         if not rows:
             continue
         ids, labels = rows[0]["input_ids"], rows[0]["labels"]
-        first = next((i for i, label in enumerate(labels) if label != -100), None)
+        first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
         if not first:  # no prompt (plain text) or nothing to predict
             continue
         reference = tokenizer.decode(ids[first:], skip_special_tokens=True).strip()
@@ -74,7 +84,9 @@ def generation_samples(
 
 
 @torch.no_grad()
-def generate_answers(model, samples: list[dict], tokenizer, *, device, zero3: bool) -> list[str]:
+def generate_answers(
+    model: Any, samples: list[dict[str, Any]], tokenizer: Any, *, device: torch.device, zero3: bool
+) -> list[str]:
     """Greedy answers for `samples`, split over the ranks and gathered on all of them."""
     rank, world = dist.get_rank(), dist.get_world_size()
     mine = samples[rank::world]

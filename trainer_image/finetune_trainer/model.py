@@ -8,14 +8,11 @@ from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer.errors import ModelSourceError, StorageError
 from finetune_trainer.storage import fetch_to_cache, resolve_local
 
 MODEL_CACHE_ENV = "FINETUNE_MODEL_CACHE"
 ALL_LINEAR = "all-linear"
-
-
-class ModelSourceError(ValueError):
-    """The model cannot be found or loaded; the message names spec.model.source."""
 
 
 def resolve_model_dir(model: api.ModelSpec, *, base_dir: Path | None = None) -> Path:
@@ -25,7 +22,10 @@ def resolve_model_dir(model: api.ModelSpec, *, base_dir: Path | None = None) -> 
     if source.startswith("hf://"):
         local = _download_from_hub(source.removeprefix("hf://"), model.revision)
     elif source.startswith("s3://"):
-        local = fetch_to_cache(source, cache, base_dir=base_dir)
+        try:
+            local = fetch_to_cache(source, cache, base_dir=base_dir)
+        except StorageError as error:
+            raise ModelSourceError(f"spec.model.source: {error}") from error
     else:
         local = resolve_local(source, base_dir=base_dir)
     if not (local / "config.json").is_file():
@@ -54,21 +54,43 @@ def _download_from_hub(repo_id: str, revision: str) -> Path:
             f"spec.model.source: hf://{repo_id}@{revision}: {error} (for a private model put "
             "HF_TOKEN into the spec.model.secretRef Secret)"
         ) from error
+    except (ValueError, OSError) as error:  # a malformed repo id, an unwritable cache
+        raise ModelSourceError(f"spec.model.source: hf://{repo_id}@{revision}: {error}") from error
 
 
-def load_tokenizer(model_dir: Path, model: api.ModelSpec, chat_template: str | None = None):
+def load_tokenizer(
+    model_dir: Path | str,
+    model: api.ModelSpec,
+    chat_template: str | None = None,
+    *,
+    revision: str | None = None,
+) -> Any:
+    """The tokenizer in `model_dir` (a folder, or a hub repo id at `revision`) with the job's
+    chat template and a pad token; ModelSourceError naming spec.model.source if it won't load."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=model.trust_remote_code)
+    options = {"revision": revision} if revision else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=model.trust_remote_code, **options
+        )
+    except (OSError, ValueError) as error:  # missing files, malformed JSON, unknown class
+        lines = str(error).strip().splitlines()
+        raise ModelSourceError(
+            f"spec.model.source: cannot load the tokenizer of {model.source}: "
+            f"{lines[0] if lines else type(error).__name__}"
+        ) from error
     if chat_template:
         tokenizer.chat_template = chat_template
     if tokenizer.pad_token_id is None:
-        # Padding never reaches the loss (labels -100, attention masked), so eos is safe here.
+        # Padding never reaches the loss (labels IGNORE_INDEX, attention masked): eos is safe.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quantize_4bit: bool):
+def load_base_model(
+    model_dir: Path, model: api.ModelSpec, *, dtype: Any, quantize_4bit: bool
+) -> Any:
     """The base model in `dtype`; NF4-quantised through bitsandbytes for qlora."""
     from transformers import AutoModelForCausalLM
 
@@ -79,7 +101,8 @@ def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quanti
 
         # bitsandbytes quantises while loading onto the GPU, so load straight onto this rank's.
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        # transformers leaves this constructor unannotated.
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
@@ -88,7 +111,7 @@ def load_base_model(model_dir: Path, model: api.ModelSpec, *, dtype: Any, quanti
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
-def linear_module_names(model) -> list[str]:
+def linear_module_names(model: Any) -> list[str]:
     """Leaf names of every linear layer except the output head (what all-linear means)."""
     import torch
 
@@ -114,7 +137,7 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def resolve_target_modules(model, requested: list[str]) -> list[str]:
+def resolve_target_modules(model: Any, requested: list[str]) -> list[str]:
     """The module names LoRA adapts; every requested name must exist in the model."""
     linear = linear_module_names(model)
     if ALL_LINEAR in requested:
@@ -129,7 +152,7 @@ def resolve_target_modules(model, requested: list[str]) -> list[str]:
     return list(requested)
 
 
-def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
+def apply_method(base: Any, method: api.MethodSpec, *, gradient_checkpointing: bool) -> Any:
     """Wrap the base for lora/qlora (only adapters train) or leave it whole for full."""
     if gradient_checkpointing:
         if hasattr(base, "activation_checkpointing_enable"):  # the transformers 5 name
@@ -142,7 +165,8 @@ def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
-        base = prepare_model_for_kbit_training(
+        # peft leaves this function unannotated.
+        base = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             base, use_gradient_checkpointing=gradient_checkpointing
         )
     elif gradient_checkpointing:
@@ -150,7 +174,8 @@ def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
         base.enable_input_require_grads()
     config = LoraConfig(
         r=method.lora.r,
-        lora_alpha=method.lora.alpha,
+        # peft annotates an int but only computes alpha / r with it, so a float is honoured.
+        lora_alpha=method.lora.alpha,  # type: ignore[arg-type]
         lora_dropout=method.lora.dropout,
         target_modules=resolve_target_modules(base, method.lora.target_modules),
         task_type="CAUSAL_LM",
@@ -158,7 +183,7 @@ def apply_method(base, method: api.MethodSpec, *, gradient_checkpointing: bool):
     return get_peft_model(base, config)
 
 
-def count_parameters(model) -> tuple[int, int]:
+def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameter counts; ZeRO-3 partitioned tensors report their full size."""
     trainable = total = 0
     for parameter in model.parameters():

@@ -9,16 +9,13 @@ from typing import Any
 from finetune_operator import api
 
 from finetune_trainer.data import PreparedData, build_rows
+from finetune_trainer.errors import NotEnoughData
 from finetune_trainer.evaluate import GENERATION_METRICS, generation_samples
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.schedule import steps_per_epoch, total_steps
 
 # What the data report says about the training rows (the data stage leaves them empty).
 TRAIN_STATS = ("tokens", "loss_tokens", "rows", "padding_ratio", "overlength")
-
-
-class NotEnoughData(ValueError):
-    """Fewer training rows than one global batch."""
 
 
 @dataclass

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from finetune_trainer.errors import (
+    LocationError,
+    StorageAccessDenied,
+    StorageError,
+    StorageNotFound,
+)
+
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 REMOTE_SCHEMES = ("s3", "hf")
@@ -38,7 +45,7 @@ class Location:
 def parse_uri(uri: str) -> Location:
     """Split a source or destination URI into scheme, bucket/claim/repo and path."""
     if not uri or not uri.strip():
-        raise ValueError("empty storage location")
+        raise LocationError("empty storage location")
     if uri.startswith("file://"):
         return Location("file", "", uri[len("file://") :])
     for scheme in ("pvc", "s3"):
@@ -46,18 +53,22 @@ def parse_uri(uri: str) -> Location:
         if uri.startswith(prefix):
             bucket, _, path = uri[len(prefix) :].partition("/")
             if not bucket:
-                raise ValueError(f"{uri}: missing the {'claim' if scheme == 'pvc' else 'bucket'}")
+                raise LocationError(
+                    f"{uri}: missing the {'claim' if scheme == 'pvc' else 'bucket'}"
+                )
             return Location(scheme, bucket, path.strip("/"))
     if uri.startswith("hf://"):
         # hf://org/name or hf://name; an optional trailing path is a file inside the repo.
         rest = uri[len("hf://") :].strip("/")
         if not rest:
-            raise ValueError(f"{uri}: missing the dataset or model name")
+            raise LocationError(f"{uri}: missing the dataset or model name")
         parts = rest.split("/")
         repo = "/".join(parts[:2]) if len(parts) > 1 else parts[0]
         return Location("hf", repo, "/".join(parts[2:]))
     if "://" in uri:
-        raise ValueError(f"{uri}: unsupported scheme (use a path, file://, pvc://, s3:// or hf://)")
+        raise LocationError(
+            f"{uri}: unsupported scheme (use a path, file://, pvc://, s3:// or hf://)"
+        )
     return Location("local", "", uri)
 
 
@@ -71,7 +82,7 @@ def resolve_local(uri: str, *, base_dir: Path | None = None) -> Path:
     if location.scheme == "pvc":
         return pvc_root() / location.bucket / location.path
     if location.is_remote:
-        raise ValueError(f"{uri}: {location.scheme}:// is not a local location")
+        raise LocationError(f"{uri}: {location.scheme}:// is not a local location")
     path = Path(location.path).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -90,21 +101,48 @@ def s3_filesystem() -> Any:
 
 @contextmanager
 def s3_errors(uri: str) -> Iterator[None]:
-    """botocore's own failures (no credentials, endpoint unreachable) as an OSError naming uri.
+    """Every failure of an S3 transfer as a StorageError naming uri.
 
-    s3fs turns S3's answers into OSErrors, but errors raised before any answer come
-    through as botocore exceptions, which callers would otherwise show as a traceback."""
+    s3fs turns S3's answers (access denied, no such bucket) into OSErrors, but errors
+    raised before any answer (no credentials, endpoint unreachable) come through as
+    botocore exceptions, which callers would otherwise show as a traceback."""
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
     try:
         yield
+    except StorageError:
+        raise
     except NoCredentialsError:
-        raise PermissionError(
+        raise StorageAccessDenied(
             f"{uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
             "in a cluster, through the job's secretRef)"
         ) from None
     except BotoCoreError as error:
-        raise OSError(f"{uri}: {error}") from None
+        raise StorageError(f"{uri}: {error}") from None
+    except OSError as error:
+        message = str(error)
+        raise _storage_error(error, message if uri in message else f"{uri}: {message}") from error
+
+
+@contextmanager
+def local_errors(path: Path) -> Iterator[None]:
+    """OSErrors of local file work (permission denied, no space left) as a StorageError
+    naming the file, or `path` when the error names none."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as error:
+        message = f"{error.filename or path}: {error.strerror or error}"
+        raise _storage_error(error, message) from error
+
+
+def _storage_error(error: OSError, message: str) -> StorageError:
+    if isinstance(error, FileNotFoundError):
+        return StorageNotFound(message)
+    if isinstance(error, PermissionError):
+        return StorageAccessDenied(message)
+    return StorageError(message)
 
 
 def s3_url(location: Location) -> str:
@@ -116,9 +154,10 @@ def open_uri(uri: str, mode: str = "rb", *, base_dir: Path | None = None) -> IO[
     location = parse_uri(uri)
     if location.scheme == "s3":
         with s3_errors(uri):
-            return s3_filesystem().open(s3_url(location), mode)
+            handle: IO[Any] = s3_filesystem().open(s3_url(location), mode)
+            return handle
     if location.scheme == "hf":
-        raise ValueError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
+        raise LocationError(f"{uri}: hf:// datasets are read with `datasets`, not opened as files")
     return open(resolve_local(uri, base_dir=base_dir), mode)  # the caller closes it
 
 
@@ -126,7 +165,7 @@ def fetch_to_cache(uri: str, cache_dir: Path, *, base_dir: Path | None = None) -
     """A local copy of an s3:// object or prefix under cache_dir; local kinds resolve in place."""
     location = parse_uri(uri)
     if location.scheme == "hf":
-        raise ValueError(f"{uri}: hf:// is fetched by the Hugging Face libraries")
+        raise LocationError(f"{uri}: hf:// is fetched by the Hugging Face libraries")
     if location.scheme != "s3":
         return resolve_local(uri, base_dir=base_dir)
     with s3_errors(uri):
@@ -144,7 +183,7 @@ def _fetch_s3(uri: str, location: Location, cache_dir: Path) -> Path:
     elif fs.exists(remote):
         objects, files = {remote: fs.info(remote)}, {remote: target}
     else:
-        raise FileNotFoundError(f"{uri}: no such object or prefix")
+        raise StorageNotFound(f"{uri}: no such object or prefix")
     # The ETags of what is in the cache, beside it (not inside: the model folder stays clean).
     manifest = target.with_name(target.name + ".etags.json")
     cached = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}

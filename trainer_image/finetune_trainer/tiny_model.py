@@ -14,6 +14,7 @@ import argparse
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -59,7 +60,8 @@ def _strings_in(value: object) -> Iterator[str]:
             yield from _strings_in(item)
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):  # -> PreTrainedTokenizerFast
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained on `texts`, as a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -73,7 +75,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):  # -> PreTrain
         show_progress=False,
     )
     tokenizer.train_from_iterator([*FALLBACK_CORPUS, *texts], trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(
+    # transformers leaves this constructor unannotated.
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=None,
         eos_token="<|im_end|>",
@@ -85,7 +88,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):  # -> PreTrain
 
 
 def build_model(vocab_size: int, *, hidden_size: int = 64, layers: int = 2, heads: int = 4,
-                max_positions: int = 2048, seed: int = 0):  # fmt: skip
+                max_positions: int = 2048, seed: int = 0) -> Any:  # fmt: skip
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

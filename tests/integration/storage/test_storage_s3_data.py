@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from finetune_operator.cli import main
-from finetune_trainer.data import DataError, prepare_records
+from finetune_trainer.data import prepare_records
+from finetune_trainer.errors import DataError
 
 from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
 from tests.unit.data.data_helpers import arithmetic_records, make_job, make_spec

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from finetune_trainer.data import DataError, prepare_records
+from finetune_trainer.data import prepare_records
 from finetune_trainer.data.normalize import normalize_text
+from finetune_trainer.errors import DataError
 
 from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, prepare_in
 

@@ -102,3 +102,38 @@ def test_prepare_invalid_job_file(tmp_path, write_job, capsys):
     job = write_job(dataset={"validationSplit": 2})
     assert main(["prepare", str(job), "--output", str(tmp_path / "out")]) == 1
     assert "spec.dataset.validationSplit" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, write_job, capsys):
+    write_jsonl(tmp_path / "train.jsonl", [json.loads(QUICKSTART_DATA.read_text().splitlines()[0])])
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    job = write_job(dataset={"validationSplit": 0.0})
+    assert main(["prepare", str(job), "--output", str(tmp_path / "taken" / "out")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'taken'}")
+
+
+def test_a_bug_in_the_data_stage_keeps_its_traceback(tmp_path, write_job):
+    """Only our UserErrors are one line; a plain ValueError is a bug and shows where it was."""
+    write_jsonl(tmp_path / "train.jsonl", [json.loads(QUICKSTART_DATA.read_text().splitlines()[0])])
+    job = write_job()
+    code = (
+        "import sys\n"
+        "import finetune_trainer.data.pipeline as pipeline\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise ValueError('a bug, not a bad input')\n"
+        "pipeline.run_data_stage = broken\n"
+        "from finetune_operator.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "prepare", str(job), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "in broken" in result.stderr
+    assert result.stderr.strip().endswith("ValueError: a bug, not a bad input")

@@ -7,8 +7,9 @@ import json
 import fsspec
 import pytest
 from finetune_trainer import storage
-from finetune_trainer.data import DataError, prepare_records
+from finetune_trainer.data import prepare_records
 from finetune_trainer.data.readers import HF_MIRROR_ENV
+from finetune_trainer.errors import DataError
 
 from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
 from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
@@ -168,3 +169,15 @@ def test_gzipped_jsonl_and_openai_content_parts(tmp_path):
     (file_lineage,) = prepared.report["sources"][0]["files"]
     expected = hashlib.sha256((tmp_path / "train.jsonl.gz").read_bytes()).hexdigest()
     assert file_lineage["sha256"] == expected and file_lineage["records"] == 22
+
+
+@pytest.mark.parametrize("problem", ["not gzip", "truncated"])
+def test_an_unreadable_gzip_file_is_an_error_naming_it(tmp_path, problem):
+    import gzip
+
+    data = "".join(json.dumps(r) + "\n" for r in arithmetic_records(50)).encode()
+    compressed = gzip.compress(data)
+    broken = b"plain text, no gzip header" if problem == "not gzip" else compressed[:-40]
+    (tmp_path / "train.jsonl.gz").write_bytes(broken)
+    with pytest.raises(DataError, match=r"train\.jsonl\.gz: cannot read: "):
+        prepare_records(spec_for("train.jsonl.gz"), base_dir=tmp_path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from finetune_trainer.data import DataError, prepare_records
+from finetune_trainer.data import prepare_records
+from finetune_trainer.errors import DataError
 
 from tests.unit.data.data_helpers import (
     arithmetic_records,

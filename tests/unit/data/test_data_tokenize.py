@@ -190,7 +190,7 @@ def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
 
 
 def test_a_tokenizer_without_chat_template_needs_one_in_the_spec(tiny_model_dir):
-    from finetune_trainer.data import DataError
+    from finetune_trainer.errors import DataError
     from transformers import AutoTokenizer
 
     bare = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -236,7 +236,7 @@ def test_token_stats_match_build_rows_without_keeping_rows(tiny_tokenizer):
 
 
 def test_a_template_that_rejects_a_conversation_gives_a_clear_error(tiny_tokenizer):
-    from finetune_trainer.data import DataError
+    from finetune_trainer.errors import DataError
 
     template = (
         "{% for m in messages %}{% if m['role'] == 'system' %}"

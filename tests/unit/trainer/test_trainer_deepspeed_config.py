@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 from finetune_operator.validation import parse_job
-from finetune_trainer.deepspeed_config import (
-    BatchSizeError,
-    build_deepspeed_config,
-    plan_batch,
-    resolve_precision,
-)
+from finetune_trainer.deepspeed_config import build_deepspeed_config, plan_batch, resolve_precision
+from finetune_trainer.errors import BatchSizeError
 
 from tests.unit.trainer.trainer_helpers import make_manifest
 

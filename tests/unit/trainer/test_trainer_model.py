@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from finetune_operator import api
+from finetune_trainer.errors import ModelSourceError
 from finetune_trainer.model import (
-    ModelSourceError,
     apply_method,
     count_parameters,
     linear_module_names,
@@ -102,3 +102,22 @@ def test_hub_model_from_the_local_cache_loads_offline(monkeypatch, workspace, tm
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     found = resolve_model_dir(api.ModelSpec(source="hf://example-org/tiny"))
     assert (found / "config.json").is_file()
+
+
+def test_a_malformed_tokenizer_is_a_model_source_error(workspace, tmp_path):
+    from finetune_trainer.model import load_tokenizer
+
+    for file in (workspace / "model").iterdir():
+        (tmp_path / file.name).symlink_to(file)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    spec = api.ModelSpec(source="broken-model")
+    with pytest.raises(ModelSourceError, match=r"spec\.model\.source: .*tokenizer of broken-model"):
+        load_tokenizer(tmp_path, spec)
+
+
+def test_the_tokenizer_gets_the_jobs_chat_template_and_a_pad_token(workspace):
+    from finetune_trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(workspace / "model", api.ModelSpec(source="model"), "{{ 'x' }}")
+    assert tokenizer.chat_template == "{{ 'x' }}" and tokenizer.pad_token_id is not None

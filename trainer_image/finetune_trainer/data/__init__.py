@@ -1,5 +1,7 @@
 """The data stage: read, clean, dedup, redact, split, check leakage, tokenise and pack."""
 
+from typing import Any
+
 from finetune_trainer.data.packing import build_rows, token_stats
 from finetune_trainer.data.pipeline import (
     PreparedData,
@@ -8,10 +10,8 @@ from finetune_trainer.data.pipeline import (
     write_prepared,
     write_report,
 )
-from finetune_trainer.data.readers import DataError
 
 __all__ = [
-    "DataError",
     "PreparedData",
     "build_rows",
     "collate_rows",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # collate_rows needs torch; `finetune prepare` does not, so torch loads only on use.
     if name == "collate_rows":
         from finetune_trainer.data.collate import collate_rows

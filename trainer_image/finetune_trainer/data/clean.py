@@ -14,8 +14,9 @@ from finetune_operator import api
 from finetune_trainer.data import pii
 from finetune_trainer.data.formats import MalformedRecord, check_record, map_texts, visible_length
 from finetune_trainer.data.normalize import normalize_text
-from finetune_trainer.data.readers import DataError, RawRecord
+from finetune_trainer.data.readers import RawRecord
 from finetune_trainer.data.report import DataReport
+from finetune_trainer.errors import DataError
 
 
 def clean_records(

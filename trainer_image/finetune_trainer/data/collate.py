@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
+from finetune_trainer.data.packing import Row
 from finetune_trainer.data.tokenize import IGNORE_INDEX
 
 
 def collate_rows(
-    rows: list[dict], pad_token_id: int, *, mask_dtype: torch.dtype = torch.float32
+    rows: list[Row], pad_token_id: int, *, mask_dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
     """input_ids, labels, position_ids, a (B,1,L,L) additive mask, num_tokens, num_loss_tokens."""
     length = max(len(row["input_ids"]) for row in rows)

@@ -8,36 +8,41 @@ from pathlib import Path
 from typing import Any
 
 from finetune_operator import api
+from finetune_operator.errors import UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import storage
 from finetune_trainer.data.packing import token_stats
 from finetune_trainer.data.pipeline import stream_prepared, write_report
-from finetune_trainer.data.readers import DataError
 from finetune_trainer.data.report import summary_lines
+from finetune_trainer.errors import DataError, ModelSourceError
+from finetune_trainer.model import load_tokenizer
 
 
 def prepare_command(job_path: Path, output_dir: Path) -> int:
     """Run the data stage of a job file; 0 on success, 1 with a one-line error otherwise."""
-    base_dir = job_path.parent.resolve()
     try:
-        job = load_job_file(job_path)
-        report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
+        report = _prepare(job_path, output_dir)
     except InvalidSpec as error:
         for problem in error.problems:  # each already reads "FILE: spec.path: reason"
             _fail(str(problem))
         return 1
-    except DataError as error:
+    except UserError as error:
         return _fail(str(error))
-    except OSError as error:
-        return _fail(f"{error.filename or output_dir}: {error.strerror or error}")
-    tokenizer, note = load_tokenizer(job.spec.model, base_dir=base_dir)
-    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
-    write_report(report, output_dir)
     for line in summary_lines(report):
         print(line)
     print(f"wrote {output_dir}/{{train,validation,test}}.jsonl and data_report.json")
     return 0
+
+
+def _prepare(job_path: Path, output_dir: Path) -> dict[str, Any]:
+    base_dir = job_path.parent.resolve()
+    job = load_job_file(job_path)
+    report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
+    tokenizer, note = tokenizer_for_stats(job.spec, base_dir=base_dir)
+    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
+    write_report(report, output_dir)
+    return report
 
 
 def _fail(message: str) -> int:
@@ -45,30 +50,28 @@ def _fail(message: str) -> int:
     return 1
 
 
-def load_tokenizer(model: api.ModelSpec, *, base_dir: Path | None) -> tuple[Any, str | None]:
-    """The model's tokenizer if it can be loaded without downloading weights; else a reason."""
+def tokenizer_for_stats(
+    spec: api.FineTuneJobSpec, *, base_dir: Path | None
+) -> tuple[Any, str | None]:
+    """The model's tokenizer if it can be loaded without downloading weights; else a reason.
+
+    The statistics are a preview, so a tokenizer that will not load is a note, not a failure.
+    """
+    model = spec.model
     location = storage.parse_uri(model.source)
     if location.scheme == "s3":
         return None, "prepare does not fetch s3:// models to load their tokenizer"
+    where: Path | str
     if location.scheme == "hf":
-        name, options = location.bucket, {"revision": model.revision}
+        where, revision = location.bucket, model.revision
     else:
-        path = storage.resolve_local(model.source, base_dir=base_dir)
-        if not path.is_dir():
-            return None, f"model directory {path} not found"
-        name, options = str(path), {}
-    from transformers import AutoTokenizer
-
+        where, revision = storage.resolve_local(model.source, base_dir=base_dir), None
+        if not where.is_dir():
+            return None, f"model directory {where} not found"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, trust_remote_code=model.trust_remote_code, **options
-        )
-    except (OSError, ValueError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        return None, f"cannot load the tokenizer of {model.source}: {first_line}"
-    return tokenizer, None
+        return load_tokenizer(where, model, spec.dataset.chat_template, revision=revision), None
+    except ModelSourceError as error:
+        return None, str(error)
 
 
 def add_token_stats(

@@ -7,7 +7,7 @@ which is the price of finding near copies in one streaming pass.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from finetune_trainer.data.normalize import content_hash, content_key
 
@@ -59,7 +59,7 @@ class NearDedup:
         self._count += 1
         return False
 
-    def _signature(self, text: str):  # -> datasketch.MinHash
+    def _signature(self, text: str) -> Any:  # a datasketch.MinHash (datasketch has no types)
         from datasketch import MinHash
 
         words = content_key(text).split(" ")

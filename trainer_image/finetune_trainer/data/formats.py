@@ -12,6 +12,7 @@ from typing import Any
 FORMATS = ("messages", "alpaca", "text", "preference")
 ROLES = ("system", "user", "assistant", "tool")
 CHAT_FORMATS = ("messages", "alpaca", "preference")
+Record = dict[str, Any]  # a checked record: its format's keys only, text fields strings
 
 
 class MalformedRecord(ValueError):
@@ -114,7 +115,8 @@ def map_texts(record: dict[str, Any], fmt: str, fn: Callable[[str], str]) -> dic
 def to_messages(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
     """Chat turns of a chat-like record (alpaca and preference become user/assistant)."""
     if fmt == "messages":
-        return record["messages"]
+        messages: list[dict[str, str]] = record["messages"]
+        return messages
     if fmt == "alpaca":
         prompt = record["instruction"]
         if record["input"].strip():

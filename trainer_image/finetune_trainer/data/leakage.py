@@ -29,4 +29,6 @@ class LeakageIndex:
         if content_hash(content_text(record, fmt)) in self._contents:
             return True
         prompt = prompt_text(record, fmt)
-        return bool(prompt) and content_hash(prompt) in self._prompts
+        if not prompt:
+            return False
+        return content_hash(prompt) in self._prompts

@@ -14,13 +14,16 @@ from typing import Any
 
 from finetune_operator import api
 
-from finetune_trainer.data.readers import DataError
+from finetune_trainer.data.formats import Record
 from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, tokenize_record
+from finetune_trainer.errors import DataError
+
+Row = dict[str, list[int]]  # input_ids, labels and position_ids of one training row
 
 
 def build_rows(
-    records: list[dict], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
-) -> tuple[list[dict], dict]:
+    records: list[Record], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
+) -> tuple[list[Row], dict[str, Any]]:
     """Tokenised rows of at most dataset.maxSeqLength tokens, and their statistics."""
     overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
     documents = list(_documents(records, fmt, tokenizer, dataset, overlength))
@@ -36,8 +39,8 @@ def build_rows(
 
 
 def token_stats(
-    records: Iterable[dict], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
-) -> dict:
+    records: Iterable[Record], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
+) -> dict[str, Any]:
     """The statistics of build_rows, keeping two integers per document instead of rows."""
     overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
     lengths, losses = [], []
@@ -52,7 +55,7 @@ def token_stats(
 
 
 def _documents(
-    records: Iterable[dict],
+    records: Iterable[Record],
     fmt: str,
     tokenizer: Any,
     dataset: api.DatasetSpec,
@@ -137,8 +140,8 @@ def _pack_lengths(lengths: list[int], limit: int) -> list[list[int]]:
     return rows
 
 
-def _row(documents: list[Document]) -> dict:
-    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+def _row(documents: list[Document]) -> Row:
+    row: Row = {"input_ids": [], "labels": [], "position_ids": []}
     for document in documents:
         row["input_ids"] += document.input_ids
         row["labels"] += document.labels
@@ -152,7 +155,7 @@ def _stats(
     losses: list[int],
     overlength: dict[str, int],
     limit: int,
-) -> dict:
+) -> dict[str, Any]:
     tokens = sum(lengths)
     # Share of the rows' maxSeqLength slots left empty: what fixed-length batches would
     # spend on padding. Dynamic padding to the longest row of a batch wastes less.

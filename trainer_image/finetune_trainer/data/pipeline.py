@@ -14,28 +14,31 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from finetune_operator import api
 
+from finetune_trainer import storage
 from finetune_trainer.data.clean import clean_records
 from finetune_trainer.data.dedup import make_deduplicator
-from finetune_trainer.data.formats import can_convert, content_text, convert
+from finetune_trainer.data.formats import Record, can_convert, content_text, convert
 from finetune_trainer.data.leakage import LeakageIndex
-from finetune_trainer.data.readers import DataError, SourceLineage, read_source
+from finetune_trainer.data.readers import SourceLineage, read_source
 from finetune_trainer.data.report import DataReport
 from finetune_trainer.data.sinks import SPLITS, JsonlSink, ListSink
 from finetune_trainer.data.split import TEST, TRAIN, VALIDATION, split_of
+from finetune_trainer.errors import DataError
 
 
 @dataclass
 class PreparedData:
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
+    train: list[Record]
+    validation: list[Record]
+    test: list[Record]
     format: str
-    report: dict
+    report: dict[str, Any]
 
 
 def prepare_records(spec: api.FineTuneJobSpec, *, base_dir: Path | None = None) -> PreparedData:
@@ -50,17 +53,19 @@ def stream_prepared(
 ) -> dict[str, Any]:
     """The data stage written straight to DIR/<split>.jsonl, never holding the records.
 
-    Returns the report (not yet written, so that token statistics can be added).
+    Returns the report (not yet written, so that token statistics can be added). The
+    readers name their own files in their errors; what is left is writing into out_dir.
     """
-    sink = JsonlSink(out_dir)
-    committed = False
-    try:
-        report = run_data_stage(spec, sink, base_dir=base_dir)
-        sink.commit()
-        committed = True
-    finally:
-        if not committed:  # no half-written split files on failure
-            sink.abort()
+    with storage.local_errors(out_dir):
+        sink = JsonlSink(out_dir)
+        committed = False
+        try:
+            report = run_data_stage(spec, sink, base_dir=base_dir)
+            sink.commit()
+            committed = True
+        finally:
+            if not committed:  # no half-written split files on failure
+                sink.abort()
     return report
 
 
@@ -96,7 +101,7 @@ def run_data_stage(
                 leakage.add_train(record, fmt)
         if drawn:
             total = sink.count(TRAIN)
-            sink.rewrite(TRAIN, lambda train, d=drawn, n=total: _interleave(train, n, d))
+            sink.rewrite(TRAIN, partial(_interleave, train_size=total, extra=drawn))
 
     if leakage is not None:
         for name in (VALIDATION, TEST):
@@ -118,7 +123,7 @@ class _Stage:
     ) -> None:
         self.cleaning, self.report, self.fmt, self.base_dir = cleaning, report, fmt, base_dir
 
-    def records(self, source: api.DataSource, role: str) -> Iterator[dict]:
+    def records(self, source: api.DataSource, role: str) -> Iterator[Record]:
         lineage = SourceLineage(role=role, source=source.source, format=source.format)
         self.report.sources.append(lineage)
         items = read_source(source.source, lineage, split=source.split, base_dir=self.base_dir)
@@ -147,7 +152,7 @@ def _check_formats(dataset: api.DatasetSpec) -> None:
 
 def _draw_mix(
     stage: _Stage, index: int, source: api.MixSource, train_size: int, seed: int
-) -> list[dict]:
+) -> list[Record]:
     """About weight x train_size records from a replay source, deterministic with the seed.
 
     Reservoir sampling keeps at most the wanted number of records in memory; a source
@@ -155,7 +160,7 @@ def _draw_mix(
     """
     wanted = round(source.weight * train_size)
     rng = random.Random(f"{seed}:mix:{index}:{source.source}")
-    reservoir: list[dict] = []
+    reservoir: list[Record] = []
     available = 0
     for record in stage.records(source, f"mix[{index}]"):
         available += 1
@@ -181,7 +186,7 @@ def _draw_mix(
     return drawn
 
 
-def _interleave(train: Iterator[dict], train_size: int, extra: list[dict]) -> Iterator[dict]:
+def _interleave(train: Iterator[Record], train_size: int, extra: list[Record]) -> Iterator[Record]:
     """Spread extra records evenly through train (replay data throughout every epoch)."""
     j = 0
     for i, record in enumerate(train):
@@ -194,14 +199,16 @@ def _interleave(train: Iterator[dict], train_size: int, extra: list[dict]) -> It
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
     """DIR/train.jsonl, validation.jsonl, test.jsonl and data_report.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        _write_jsonl(out_dir / f"{name}.jsonl", getattr(prepared, name))
+    with storage.local_errors(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in SPLITS:
+            _write_jsonl(out_dir / f"{name}.jsonl", getattr(prepared, name))
     write_report(prepared.report, out_dir)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    _write_atomic(out_dir / "data_report.json", json.dumps(report, indent=2) + "\n")
+    with storage.local_errors(out_dir):
+        _write_atomic(out_dir / "data_report.json", json.dumps(report, indent=2) + "\n")
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:

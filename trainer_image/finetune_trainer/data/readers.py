@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -19,13 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import storage
+from finetune_trainer.errors import DataError, StorageError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 HF_MIRROR_ENV = "FINETUNE_HF_MIRROR"
-
-
-class DataError(ValueError):
-    """The data stage cannot go on; the message names the file or field."""
 
 
 @dataclass
@@ -92,9 +90,8 @@ def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> It
     try:
         with storage.s3_errors(uri):
             yield from _read_s3_objects(uri, location, lineage)
-    except OSError as error:  # access denied, no credentials, bucket gone mid-read
-        message = str(error)
-        raise DataError(message if uri in message else f"{uri}: {message}") from None
+    except StorageError as error:  # access denied, no credentials, bucket gone mid-read
+        raise DataError(str(error)) from None
 
 
 def _read_s3_objects(
@@ -116,8 +113,12 @@ def _read_s3_objects(
 
 
 def _read_file(file: Path, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
-    with open(file, "rb") as handle:
-        yield from _read_stream(handle, name, lineage)
+    try:
+        with open(file, "rb") as handle:
+            yield from _read_stream(handle, name, lineage)
+    except (OSError, EOFError) as error:  # unreadable, not gzip, or a truncated .gz
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise DataError(f"{name}: cannot read: {reason}") from None
 
 
 def _read_stream(handle: Any, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
@@ -152,9 +153,13 @@ class _HashingReader:
         self.raw, self.hasher = raw, hasher
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
+        data: bytes = self.raw.read(size)
         self.hasher.update(data)
         return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # GzipFile seeks only to rewind, which a digest of one sequential pass cannot allow.
+        raise io.UnsupportedOperation("a hashed stream is read once, front to back")
 
 
 def _hash_whole(handle: Any, hasher: Any) -> None:
@@ -163,7 +168,7 @@ def _hash_whole(handle: Any, hasher: Any) -> None:
 
 
 def _hashed_bytes(handle: Any, hasher: Any) -> bytes:
-    data = handle.read()
+    data: bytes = handle.read()
     hasher.update(data)
     return data
 
@@ -209,15 +214,15 @@ def _parquet_items(handle: Any, name: str) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(handle)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{name}: not a readable Parquet file ({error})") from None
     number = 0
-    for batch in parquet.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            number += 1
-            yield RawRecord(name, number, row)
+    try:
+        # A corrupt row group surfaces only when it is reached, so the loop is guarded too.
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield RawRecord(name, number, row)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{name}: not a readable Parquet file ({error})") from None
 
 
 def _read_hf(
@@ -259,8 +264,6 @@ def _hf_rows(uri: str, location: storage.Location, split: str) -> Iterator[dict[
             streaming=not datasets.config.HF_HUB_OFFLINE,
         )
     except (FileNotFoundError, ConnectionError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
         offline = datasets.config.HF_HUB_OFFLINE  # read from the environment at import
         hint = " (offline mode is on: put the dataset in the cache or in $FINETUNE_HF_MIRROR)"
         raise DataError(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_trainer.data.formats import to_messages
-from finetune_trainer.data.readers import DataError
+from finetune_trainer.errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -97,12 +97,13 @@ def _render(
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(
+        text: str = tokenizer.apply_chat_template(
             messages,
             tokenize=False,
             add_generation_prompt=generation_prompt,
             chat_template=template,
         )
+        return text
     except TemplateError as error:
         # Templates raise on conversations they do not support (e.g. no system role).
         roles = "/".join(m["role"] for m in messages)

@@ -200,7 +200,7 @@ def start_tracker(stop_at_step: int | None):
 
 def checkpoint_storage(storage: str) -> dict[str, Any]:
     """RunConfig storage arguments; an S3 endpoint (MinIO, Ceph) needs an explicit filesystem."""
-    from finetune_trainer.outputs import s3_endpoint
+    from finetune_trainer.upload import s3_endpoint
 
     endpoint = s3_endpoint()
     if not (storage.startswith("s3://") and endpoint):

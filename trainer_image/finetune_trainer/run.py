@@ -49,13 +49,24 @@ def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> 
 
 
 def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
-    from finetune_trainer import outputs, ray_train
+    from finetune_trainer import ray_train
     from finetune_trainer.data import prepare_records, write_prepared
     from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
+    from finetune_trainer.history import HISTORY, read_history
     from finetune_trainer.model import resolve_model_dir
+    from finetune_trainer.model_card import MODEL_CARD, model_card
     from finetune_trainer.progress import ProgressView, summary_table
     from finetune_trainer.progress_server import ProgressBoard, serve_from_env
+    from finetune_trainer.reports import (
+        DATA_REPORT,
+        LOSS_PLOT,
+        METRICS,
+        plot_loss,
+        throughput,
+        write_metrics,
+    )
     from finetune_trainer.rows import tokenize_splits
+    from finetune_trainer.upload import upload_dir
 
     job = load_job_file(job_path)
     spec, base_dir = job.spec, job_path.resolve().parent
@@ -86,7 +97,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     write_prepared(prepared, out.local_dir)
     splits = tokenize_splits(prepared, spec, model_dir)
     report = prepared.report | splits.stats
-    (out.local_dir / outputs.DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    (out.local_dir / DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
     import ray
 
@@ -104,7 +115,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     view = ProgressView()
     board = ProgressBoard()
     server = serve_from_env(board)  # /progress for the operator, when it asks for one
-    follower = _HistoryFollower(tracker, view, board, out.local_dir / outputs.HISTORY)
+    follower = _HistoryFollower(tracker, view, board, out.local_dir / HISTORY)
     # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
     # from the main thread, would abort the run without a checkpoint).
     fitting = _Background(
@@ -144,13 +155,13 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         )
         return EXIT_INTERRUPTED
     metrics = state["final_metrics"] | {"resumed_from_step": state["start_step"] or 0}
-    history = outputs.read_history(out.local_dir / outputs.HISTORY)
-    metrics |= _throughput(history)
-    outputs.write_metrics(out.local_dir / outputs.METRICS, metrics)
-    outputs.plot_loss(history, out.local_dir / outputs.LOSS_PLOT)
-    (out.local_dir / outputs.MODEL_CARD).write_text(outputs.model_card(job, metrics, report))
+    history = read_history(out.local_dir / HISTORY)
+    metrics |= throughput(history)
+    write_metrics(out.local_dir / METRICS, metrics)
+    plot_loss(history, out.local_dir / LOSS_PLOT)
+    (out.local_dir / MODEL_CARD).write_text(model_card(job, metrics, report))
     if out.remote:
-        outputs.upload_dir(out.local_dir, out.uri)
+        upload_dir(out.local_dir, out.uri)
     view.console.print(summary_table(metrics, out.uri))
     return 0
 
@@ -187,25 +198,6 @@ def _on_interrupt(tracker) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _throughput(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean tokens/s over the run, and how MFU is estimated when it was measured."""
-    speeds = [r["tokens_per_second"] for r in history if "tokens_per_second" in r]
-    result: dict[str, Any] = {"tokens_per_second": sum(speeds) / len(speeds)} if speeds else {}
-    baseline = [r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r]
-    if baseline:
-        result["baseline_eval_loss"] = baseline[0]
-    mfu = [r["mfu"] for r in history if "mfu" in r]
-    if mfu:
-        from finetune_trainer.outputs import MFU_FORMULA
-
-        result |= {
-            "mfu": sum(mfu) / len(mfu),
-            "mfu_formula": MFU_FORMULA,
-            "peak_memory_gib": max(r["peak_memory_gib"] for r in history),
-        }
-    return result
-
-
 class _Background(threading.Thread):
     """Runs one call in a daemon thread and keeps what it raised for the caller."""
 
@@ -238,17 +230,17 @@ class _HistoryFollower:
     def poll(self) -> dict[str, Any]:
         import ray
 
-        from finetune_trainer import outputs
+        from finetune_trainer.history import append_history, truncate_history
 
         state = ray.get(self.tracker.poll.remote())
         if state["attempts"] > self.attempts_seen:
             self.attempts_seen = state["attempts"]
             # Steps after the checkpoint an attempt resumes from are trained again.
-            outputs.truncate_history(self.history_path, state["resumed_at"])
+            truncate_history(self.history_path, state["resumed_at"])
         if state["start_step"] is not None and not self.started_view:
             self.started_view = True
             self.view.start(state["start_step"], state["total_steps"])
-        outputs.append_history(self.history_path, state["rows"])
+        append_history(self.history_path, state["rows"])
         for row in state["rows"]:
             self.view.update(row, state["total_steps"])
             self.board.update(row, state["total_steps"], state["last_checkpoint"])

@@ -89,7 +89,7 @@ def train_worker(config: dict[str, Any]) -> None:
     early = _early_stopping(spec, state)
     tracker = setup.tracker
     if rank == 0:
-        ray.get(tracker.started.remote(state.step, setup.total_steps))
+        ray.get(tracker.started.remote(state.step))
     trainable, total_params = count_parameters(model)
     every_eval = spec.evaluation.every_steps or setup.steps_per_epoch
     eval_micro = max(1, batch.micro_batch_size)

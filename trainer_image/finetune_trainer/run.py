@@ -11,11 +11,14 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from finetune_operator.validation import InvalidSpec, load_job_file
+
+if TYPE_CHECKING:
+    from finetune_trainer.tracker import TrackerState
 
 STOP_AT_STEP_ENV = "FINETUNE_STOP_AT_STEP"  # test hook: act as if Ctrl-C came at this step
 STAGING_ENV = "FINETUNE_STAGING_DIR"  # where s3:// outputs are written before the upload
@@ -49,7 +52,7 @@ def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> 
 
 
 def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
-    from finetune_trainer import ray_train
+    from finetune_trainer import cluster, layout, ray_train, tracker
     from finetune_trainer.data import prepare_records, write_prepared
     from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
     from finetune_trainer.history import HISTORY, read_history
@@ -72,22 +75,24 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     spec, base_dir = job.spec, job_path.resolve().parent
     out = resolve_output(spec.output.destination, output, base_dir)
 
-    local = not ray_train.in_cluster()
+    local = not cluster.in_cluster()
     if not local:
-        ray_train.connect()  # the cluster's resources decide the layout
-    gpus, cpus = ray_train.available_resources()
-    layout = ray_train.plan_workers(
+        cluster.connect()  # the cluster's resources decide the layout
+    gpus, cpus = cluster.available_resources()
+    workers_layout = layout.plan_workers(
         spec.resources, workers_override=workers, cluster_gpus=gpus, cluster_cpus=cpus, local=local
     )
-    if not layout.use_gpu:  # on GPUs the workers decide, since only they see the device
+    if not workers_layout.use_gpu:  # on GPUs the workers decide, since only they see the device
         _, precision_note = resolve_precision(spec.hyperparameters.precision, cuda=False,
                                               bf16_supported=False)  # fmt: skip
-        layout.notes.extend([precision_note] if precision_note else [])
-    for note in layout.notes:
+        workers_layout.notes.extend([precision_note] if precision_note else [])
+    for note in workers_layout.notes:
         print(f"note: {note}")
-    ray_train.check_method_supported(spec.method, layout)  # before any data or model work
+    layout.check_method_supported(spec.method, workers_layout)  # before any data or model work
     plan_batch(
-        spec.hyperparameters.batch_size, layout.world_size, spec.hyperparameters.micro_batch_size
+        spec.hyperparameters.batch_size,
+        workers_layout.world_size,
+        spec.hyperparameters.micro_batch_size,
     )
 
     model_dir = resolve_model_dir(spec.model, base_dir=base_dir)  # a bad source fails here, early
@@ -101,33 +106,35 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
 
     import ray
 
-    ray_train.connect()
-    tracker = ray_train.start_tracker(_stop_at_step())
+    cluster.connect()
+    progress_tracker = tracker.start_tracker(_stop_at_step())
     setup = {
         "spec": spec.to_wire(),
         "base_dir": str(base_dir),
         "total_steps": splits.total_steps,
         "steps_per_epoch": splits.steps_per_epoch,
         "data": ray.put(splits.rows),
-        "tracker": tracker,
+        "tracker": progress_tracker,
         "output_dir": str(out.local_dir),
     }
     view = ProgressView()
     board = ProgressBoard()
     server = serve_from_env(board)  # /progress for the operator, when it asks for one
-    follower = _HistoryFollower(tracker, view, board, out.local_dir / HISTORY)
+    follower = _HistoryFollower(
+        progress_tracker, view, board, out.local_dir / HISTORY, splits.total_steps
+    )
     # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
     # from the main thread, would abort the run without a checkpoint).
     fitting = _Background(
         lambda: ray_train.fit(
             setup,
-            layout=layout,
+            layout=workers_layout,
             name=ray_train.run_name(job.metadata),
             storage=out.checkpoint_storage,
             spec=spec,
         )
     )
-    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(tracker))
+    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(progress_tracker))
     try:
         fitting.start()
         while fitting.is_alive():
@@ -144,17 +151,17 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         if server is not None:
             server.shutdown()
 
-    if state["final_metrics"] is None and state["last_checkpoint"] is None:
+    if state.final_metrics is None and state.last_checkpoint is None:
         print("interrupted before the first checkpoint; nothing to resume from")
         return EXIT_INTERRUPTED
-    if state["final_metrics"] is None:
-        step = state["last_checkpoint"]
+    if state.final_metrics is None:
+        step = state.last_checkpoint
         print(
             f"interrupted: checkpoint saved at step {step} in {out.uri}/checkpoints; "
             "run the same command again to resume"
         )
         return EXIT_INTERRUPTED
-    metrics = state["final_metrics"] | {"resumed_from_step": state["start_step"] or 0}
+    metrics = state.final_metrics | {"resumed_from_step": state.start_step or 0}
     history = read_history(out.local_dir / HISTORY)
     metrics |= throughput(history)
     write_metrics(out.local_dir / METRICS, metrics)
@@ -220,29 +227,29 @@ class _Background(threading.Thread):
 class _HistoryFollower:
     """Reads the tracker: appends rows to history.jsonl and moves the progress bar."""
 
-    def __init__(self, tracker, view, board, history_path: Path) -> None:
+    def __init__(self, tracker, view, board, history_path: Path, total_steps: int) -> None:
         self.tracker, self.view, self.board = tracker, view, board
-        self.history_path = history_path
+        self.history_path, self.total_steps = history_path, total_steps
         self.started_view = False
         self.attempts_seen = 0
-        self.state: dict[str, Any] = {}
+        self.state: TrackerState | None = None
 
-    def poll(self) -> dict[str, Any]:
+    def poll(self) -> TrackerState:
         import ray
 
         from finetune_trainer.history import append_history, truncate_history
 
-        state = ray.get(self.tracker.poll.remote())
-        if state["attempts"] > self.attempts_seen:
-            self.attempts_seen = state["attempts"]
+        state: TrackerState = ray.get(self.tracker.poll.remote())
+        if state.attempts > self.attempts_seen:
+            self.attempts_seen = state.attempts
             # Steps after the checkpoint an attempt resumes from are trained again.
-            truncate_history(self.history_path, state["resumed_at"])
-        if state["start_step"] is not None and not self.started_view:
+            truncate_history(self.history_path, state.resumed_at or 0)
+        if state.start_step is not None and not self.started_view:
             self.started_view = True
-            self.view.start(state["start_step"], state["total_steps"])
-        append_history(self.history_path, state["rows"])
-        for row in state["rows"]:
-            self.view.update(row, state["total_steps"])
-            self.board.update(row, state["total_steps"], state["last_checkpoint"])
-        self.state = state | {"rows": []}
+            self.view.start(state.start_step, self.total_steps)
+        append_history(self.history_path, state.rows)
+        for row in state.rows:
+            self.view.update(row, self.total_steps)
+            self.board.update(row, self.total_steps, state.last_checkpoint)
+        self.state = replace(state, rows=[])
         return self.state

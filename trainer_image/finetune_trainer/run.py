@@ -11,10 +11,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune_operator import api
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 if TYPE_CHECKING:
@@ -120,8 +122,14 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     view = ProgressView()
     board = ProgressBoard()
     server = serve_from_env(board)  # /progress for the operator, when it asks for one
+    name = ray_train.run_name(job.metadata)
     follower = _HistoryFollower(
-        progress_tracker, view, board, out.local_dir / HISTORY, splits.total_steps
+        progress_tracker,
+        view,
+        board,
+        out.local_dir / HISTORY,
+        splits.total_steps,
+        lambda step: ray_train.checkpoint_uri(out.checkpoint_storage, name, step),
     )
     # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
     # from the main thread, would abort the run without a checkpoint).
@@ -129,7 +137,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         lambda: ray_train.fit(
             setup,
             layout=workers_layout,
-            name=ray_train.run_name(job.metadata),
+            name=name,
             storage=out.checkpoint_storage,
             spec=spec,
         )
@@ -227,9 +235,18 @@ class _Background(threading.Thread):
 class _HistoryFollower:
     """Reads the tracker: appends rows to history.jsonl and moves the progress bar."""
 
-    def __init__(self, tracker, view, board, history_path: Path, total_steps: int) -> None:
+    def __init__(
+        self,
+        tracker,
+        view,
+        board,
+        history_path: Path,
+        total_steps: int,
+        checkpoint_uri: Callable[[int], str],
+    ) -> None:
         self.tracker, self.view, self.board = tracker, view, board
         self.history_path, self.total_steps = history_path, total_steps
+        self.checkpoint_uri = checkpoint_uri
         self.started_view = False
         self.attempts_seen = 0
         self.state: TrackerState | None = None
@@ -250,6 +267,9 @@ class _HistoryFollower:
         append_history(self.history_path, state.rows)
         for row in state.rows:
             self.view.update(row, self.total_steps)
-            self.board.update(row, self.total_steps, state.last_checkpoint)
+            self.board.update(row, self.total_steps)
+        if state.last_checkpoint is not None:
+            uri = self.checkpoint_uri(state.last_checkpoint)
+            self.board.checkpointed(api.CheckpointRef(step=state.last_checkpoint, uri=uri))
         self.state = replace(state, rows=[])
         return self.state

@@ -7,7 +7,7 @@ through `ray.train.get_checkpoint()`, while a re-created job (new UID) starts fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
 
@@ -15,6 +15,9 @@ from finetune_trainer.checkpoints import checkpoint_dir_name
 from finetune_trainer.layout import MethodUnavailable as MethodUnavailable  # errors.py's import
 from finetune_trainer.layout import WorkerLayout
 from finetune_trainer.upload import s3_endpoint
+
+if TYPE_CHECKING:
+    from finetune_trainer.loop import WorkerSetup
 
 
 def training_failures() -> tuple[type[BaseException], ...]:
@@ -48,23 +51,17 @@ def checkpoint_uri(storage: str, name: str, step: int) -> str:
     return f"{storage.rstrip('/')}/{name}/{checkpoint_dir_name(step)}"
 
 
-def fit(
-    setup: dict[str, Any],
-    *,
-    layout: WorkerLayout,
-    name: str,
-    storage: str,
-    spec: api.FineTuneJobSpec,
-) -> Any:
+def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) -> Any:
     """Run train_worker on every rank; returns Ray's Result (raises on a failed run)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from finetune_trainer.loop import train_worker
 
+    spec = setup.spec
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=setup,
+        train_loop_config={"setup": setup},
         scaling_config=ScalingConfig(
             num_workers=layout.num_workers,
             use_gpu=layout.use_gpu,

@@ -58,6 +58,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     from finetune_trainer.data import prepare_records, write_prepared
     from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
     from finetune_trainer.history import HISTORY, read_history
+    from finetune_trainer.loop import WorkerSetup
     from finetune_trainer.model import resolve_model_dir
     from finetune_trainer.model_card import MODEL_CARD, model_card
     from finetune_trainer.progress import ProgressView, summary_table
@@ -110,15 +111,15 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
 
     cluster.connect()
     progress_tracker = tracker.start_tracker(_stop_at_step())
-    setup = {
-        "spec": spec.to_wire(),
-        "base_dir": str(base_dir),
-        "total_steps": splits.total_steps,
-        "steps_per_epoch": splits.steps_per_epoch,
-        "data": ray.put(splits.rows),
-        "tracker": progress_tracker,
-        "output_dir": str(out.local_dir),
-    }
+    setup = WorkerSetup(
+        spec=spec,
+        base_dir=base_dir,
+        total_steps=splits.total_steps,
+        steps_per_epoch=splits.steps_per_epoch,
+        data=ray.put(splits.rows),
+        tracker=progress_tracker,
+        output_dir=out.local_dir,
+    )
     view = ProgressView()
     board = ProgressBoard()
     server = serve_from_env(board)  # /progress for the operator, when it asks for one
@@ -139,7 +140,6 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
             layout=workers_layout,
             name=name,
             storage=out.checkpoint_storage,
-            spec=spec,
         )
     )
     previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(progress_tracker))

@@ -14,6 +14,8 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypedDict
 
@@ -112,3 +114,14 @@ def serve(board: ProgressBoard, port: int) -> ThreadingHTTPServer:
 def serve_from_env(board: ProgressBoard) -> ThreadingHTTPServer | None:
     port = os.environ.get(PORT_ENV)
     return serve(board, int(port)) if port else None
+
+
+@contextmanager
+def serving(board: ProgressBoard) -> Iterator[None]:
+    """Serve `board` while the block runs, when FINETUNE_PROGRESS_PORT asks for it."""
+    server = serve_from_env(board)
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.shutdown()

@@ -125,3 +125,4 @@ def serving(board: ProgressBoard) -> Iterator[None]:
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()  # frees the port for the next run in this process

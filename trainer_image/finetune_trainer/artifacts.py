@@ -7,6 +7,7 @@ only rank 0 writes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from finetune_operator import api
@@ -16,16 +17,18 @@ MODEL_DIR = "model"
 
 
 def save_model_artifacts(
-    engine,
-    model,
+    engine: Any,
+    model: Any,
     spec: api.FineTuneJobSpec,
-    tokenizer,
-    base_dir: Path,
+    tokenizer: Any,
+    model_dir: Path,
     output_dir: Path,
     *,
     rank: int,
 ) -> None:
-    """adapter/ for lora and qlora, model/ for full or when mergeAdapter is set."""
+    """adapter/ for lora and qlora, model/ for full or when mergeAdapter is set.
+
+    `model_dir` is the base model's folder (what a merge folds the adapter into)."""
     zero3 = spec.deepspeed.zero_stage == 3
     if spec.method.type == "full":
         state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
@@ -45,16 +48,16 @@ def save_model_artifacts(
     if rank == 0:
         tokenizer.save_pretrained(adapter_dir)
         if spec.output.merge_adapter:
-            merge_adapter(base_dir, adapter_dir, output_dir / MODEL_DIR, spec.model, tokenizer)
+            merge_adapter(model_dir, adapter_dir, output_dir / MODEL_DIR, spec.model, tokenizer)
 
 
-def _save_full(model, state_dict, tokenizer, target: Path) -> None:
+def _save_full(model: Any, state_dict: dict[str, Any] | None, tokenizer: Any, target: Path) -> None:
     model.save_pretrained(target, state_dict=state_dict)
     tokenizer.save_pretrained(target)
 
 
 def merge_adapter(
-    base_dir: Path, adapter_dir: Path, target: Path, model_spec: api.ModelSpec, tokenizer
+    model_dir: Path, adapter_dir: Path, target: Path, model_spec: api.ModelSpec, tokenizer: Any
 ) -> None:
     """Reload the unquantised base on CPU, fold the saved adapter in, save a plain model.
 
@@ -67,9 +70,9 @@ def merge_adapter(
 
     # Under ZeRO-3 from_pretrained would partition the weights collectively, but only rank 0
     # is here: training is over, so load as a plain model.
-    unset_hf_deepspeed_config()
+    unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]
     base = AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=torch.float32, trust_remote_code=model_spec.trust_remote_code
+        model_dir, dtype=torch.float32, trust_remote_code=model_spec.trust_remote_code
     )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(target)

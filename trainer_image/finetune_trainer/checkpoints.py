@@ -37,7 +37,9 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_step_{step:08d}"
 
 
-def save_and_report(engine, state: TrainerState, metrics: dict[str, Any], *, rank: int) -> None:
+def save_and_report(
+    engine: Any, state: TrainerState, metrics: dict[str, Any], *, rank: int
+) -> None:
     """Collective: every rank writes its shards and reports them into one checkpoint folder."""
     import ray.train
 
@@ -52,7 +54,7 @@ def save_and_report(engine, state: TrainerState, metrics: dict[str, Any], *, ran
         )
 
 
-def restore_latest(engine) -> TrainerState | None:
+def restore_latest(engine: Any) -> TrainerState | None:
     """Load the newest reported checkpoint of this run into `engine`; None when there is none."""
     import ray.train
 

@@ -1,6 +1,7 @@
-"""The training loop every Ray Train worker runs: engine → resume → steps → evaluate → save.
+"""The training loop every Ray Train worker runs: setup → baseline → steps → evaluate → save.
 
-Read `train_worker` top to bottom; each helper below it does one thing.
+`train_worker` is the table of contents. `Worker` holds one rank's state (engine, model,
+tokenizer, data, checkpointed state), built by `Worker.setup`; each method does one step.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from finetune_operator import api
 
 from finetune_trainer import artifacts, checkpoints, evaluate
 from finetune_trainer.batches import collate, forward_sums, micro_batches_for_step, to_device
-from finetune_trainer.deepspeed_config import build_deepspeed_config, plan_batch, resolve_precision
+from finetune_trainer.data.tokenize import IGNORE_INDEX
+from finetune_trainer.deepspeed_config import (
+    BatchPlan,
+    build_deepspeed_config,
+    plan_batch,
+    resolve_precision,
+)
 from finetune_trainer.model import (
     apply_method,
     count_parameters,
@@ -38,158 +45,275 @@ PEAK_FLOPS = {
     "L4": 121e12,
     "A10": 125e12,
 }
+# Rows of the data the driver puts in Ray's object store: train, validation, test, generation.
+Rows = dict[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What the driver hands every worker: built on the driver, so a wrong field fails there."""
+
+    spec: api.FineTuneJobSpec
+    base_dir: Path  # the job file's folder: relative sources resolve against it
+    total_steps: int
+    steps_per_epoch: int
+    data: Any  # ray ObjectRef of Rows
+    tracker: Any  # ProgressTracker actor handle
+    output_dir: Path  # where rank 0 writes adapter/ and model/ (local, or staging for s3)
+
+
+def train_worker(config: dict[str, WorkerSetup]) -> None:
+    """Entry point of each Ray Train worker (Ray Train's train_loop_config is `config`)."""
+    worker = Worker.setup(config["setup"])
+    stop = worker.evaluate_baseline()
+    while worker.steps_left() and not stop:
+        row = worker.train_step()
+        row |= worker.evaluate_if_due()
+        stop = worker.report(row)
+        if worker.checkpoint_due(stop):
+            worker.save_checkpoint(loss=row["loss"])
+    if stop:
+        return  # interrupted: the checkpoint just saved is where the next run resumes
+    worker.save_final_checkpoint()
+    metrics = worker.final_metrics()
+    worker.save_model()
+    worker.finished(metrics)
 
 
 @dataclass
-class WorkerSetup:
-    """What the driver hands every worker (through train_loop_config)."""
+class Worker:
+    """One rank's training state; `setup` builds it inside Ray Train, `build` without Ray."""
 
-    spec: dict[str, Any]  # FineTuneJobSpec on the wire
-    base_dir: str  # the job file's folder: relative sources resolve against it
-    total_steps: int
-    steps_per_epoch: int
-    data: Any  # ray ObjectRef of {"train", "validation", "test", "generation"} rows
-    tracker: Any  # ProgressTracker actor handle
-    output_dir: str  # where rank 0 writes adapter/ and model/ (local, or staging for s3)
+    config: WorkerSetup
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+    data: Rows
+    model_dir: Path
+    tokenizer: Any
+    engine: Any  # the DeepSpeed engine around `model`
+    model: Any  # the (peft-wrapped) transformers model
+    batch: BatchPlan
+    trainable_params: int
+    total_params: int
+    state: checkpoints.TrainerState = field(default_factory=checkpoints.TrainerState)
+    early: EarlyStopping | None = None
+    saved_step: int = 0  # the step of the newest checkpoint
+    last_train_losses: list[float] = field(default_factory=list)
 
+    @classmethod
+    def setup(cls, config: WorkerSetup) -> Worker:
+        """Ray Train's context, the data, the engine, and the newest checkpoint's state."""
+        import ray
+        import ray.train
 
-def train_worker(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker."""
-    import ray
-    import ray.train
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is first imported
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        device = _device()
+        torch.manual_seed(config.spec.hyperparameters.seed)
+        worker = cls.build(config, ray.get(config.data), rank=rank, world=world, device=device)
+        worker.resume(checkpoints.restore_latest(worker.engine))
+        if rank == 0:
+            ray.get(config.tracker.started.remote(worker.state.step))
+        return worker
 
-    setup = WorkerSetup(**config)
-    spec = api.FineTuneJobSpec.model_validate(setup.spec)
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is first imported
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = _device()
-    torch.manual_seed(spec.hyperparameters.seed)
+    @classmethod
+    def build(
+        cls, config: WorkerSetup, data: Rows, *, rank: int, world: int, device: torch.device
+    ) -> Worker:
+        """Tokenizer, model and DeepSpeed engine for this rank, starting at step 0."""
+        spec = config.spec
+        # Resolved again here: in a cluster this worker may sit on another node than the driver.
+        model_dir = resolve_model_dir(spec.model, base_dir=config.base_dir)
+        tokenizer = load_tokenizer(model_dir, spec.model, spec.dataset.chat_template)
+        precision, note = resolve_precision(
+            spec.hyperparameters.precision,
+            cuda=torch.cuda.is_available(),
+            bf16_supported=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        )
+        if note and rank == 0:
+            print(f"note: {note}")
+        ds_config = build_deepspeed_config(spec, world_size=world, precision=precision)
+        engine, model = _build_engine(spec, config.total_steps, model_dir, ds_config, precision)
+        hp = spec.hyperparameters
+        trainable, total = count_parameters(model)
+        worker = cls(
+            config=config, rank=rank, world=world, device=device, dtype=DTYPES[precision],
+            data=data, model_dir=model_dir, tokenizer=tokenizer, engine=engine, model=model,
+            batch=plan_batch(hp.batch_size, world, hp.micro_batch_size),
+            trainable_params=trainable, total_params=total,
+        )  # fmt: skip
+        worker.early = _early_stopping(spec, worker.state)
+        return worker
 
-    data = ray.get(setup.data)
-    # Resolved again here: in a cluster this worker may sit on another node than the driver.
-    model_dir = resolve_model_dir(spec.model, base_dir=Path(setup.base_dir))
-    tokenizer = load_tokenizer(model_dir, spec.model, spec.dataset.chat_template)
-    precision, note = resolve_precision(
-        spec.hyperparameters.precision,
-        cuda=torch.cuda.is_available(),
-        bf16_supported=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    )
-    if note and rank == 0:
-        print(f"note: {note}")
-    ds_config = build_deepspeed_config(spec, world_size=world, precision=precision)
-    engine, model = _build_engine(spec, setup, model_dir, ds_config, precision)
-    batch = plan_batch(
-        spec.hyperparameters.batch_size, world, spec.hyperparameters.micro_batch_size
-    )
-    dtype = DTYPES[precision]
+    @property
+    def spec(self) -> api.FineTuneJobSpec:
+        return self.config.spec
 
-    state = checkpoints.restore_latest(engine) or checkpoints.TrainerState()
-    early = _early_stopping(spec, state)
-    tracker = setup.tracker
-    if rank == 0:
-        ray.get(tracker.started.remote(state.step, setup.total_steps))
-    trainable, total_params = count_parameters(model)
-    every_eval = spec.evaluation.every_steps or setup.steps_per_epoch
-    eval_micro = max(1, batch.micro_batch_size)
-    last_train_losses: list[float] = []
+    def resume(self, restored: checkpoints.TrainerState | None) -> None:
+        """Continue from a checkpoint's trainer state (the engine has loaded its own)."""
+        if restored is not None:
+            self.state, self.saved_step = restored, restored.step
+            self.early = _early_stopping(self.spec, restored)
 
-    def run_eval(split: str = "validation") -> dict[str, float]:
+    def evaluate(self, split: str = "validation") -> dict[str, float]:
+        """Loss, perplexity and accuracy on one split, over all ranks; {} when it is empty."""
         return evaluate.evaluate_loss(
-            engine,
-            data[split],
-            micro=eval_micro,
-            pad_token_id=tokenizer.pad_token_id,
-            device=device,
-            dtype=dtype,
+            self.engine,
+            self.data[split],
+            micro=max(1, self.batch.micro_batch_size),
+            pad_token_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            dtype=self.dtype,
         )
 
-    stop_requested = False
-    if state.step == 0 and data["validation"]:
-        # The base model's validation loss: the yardstick every later evaluation is read against.
-        baseline = run_eval()
+    def evaluate_baseline(self) -> bool:
+        """At step 0, report the base model's validation loss; True when asked to stop."""
+        if self.state.step != 0 or not self.data["validation"]:
+            return False
+        # The yardstick every later evaluation is read against.
+        baseline = self.evaluate()
         row = {"step": 0, "epoch": 0.0, "eval_loss": baseline["loss"],
                "eval_perplexity": baseline["perplexity"]}  # fmt: skip
-        if early is not None:
-            early.update(baseline["loss"])
-            state.early_stopping = early.state_dict()
-        stop_requested = _stop_requested(rank, tracker, row, device)
-    saved_step = state.step
-    while state.step < setup.total_steps and not state.stopped_early and not stop_requested:
+        if self.early is not None:
+            self.early.update(baseline["loss"])
+            self.state.early_stopping = self.early.state_dict()
+        return self.report(row)
+
+    def steps_left(self) -> bool:
+        return self.state.step < self.config.total_steps and not self.state.stopped_early
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over this rank's share of the global batch; its history row."""
         started = time.perf_counter()
+        hp = self.spec.hyperparameters
         micro_batches = micro_batches_for_step(
-            data["train"],
-            state.step,
-            seed=spec.hyperparameters.seed,
-            steps_per_epoch=setup.steps_per_epoch,
-            global_batch=spec.hyperparameters.batch_size,
-            micro=batch.micro_batch_size,
-            rank=rank,
-            world_size=world,
+            self.data["train"],
+            self.state.step,
+            seed=hp.seed,
+            steps_per_epoch=self.config.steps_per_epoch,
+            global_batch=hp.batch_size,
+            micro=self.batch.micro_batch_size,
+            rank=self.rank,
+            world_size=self.world,
         )
-        learning_rate = engine.get_lr()[0]  # the rate this step uses (read before it moves)
+        learning_rate = self.engine.get_lr()[0]  # the rate this step uses (read before it moves)
         loss, tokens, loss_tokens = _optimizer_step(
-            engine, micro_batches, tokenizer.pad_token_id, device, dtype
+            self.engine, micro_batches, self.tokenizer.pad_token_id, self.device, self.dtype
         )
         elapsed = time.perf_counter() - started
-        state.step += 1
+        self.state.step += 1
+        self.last_train_losses = [*self.last_train_losses, loss][-10:]
         row = {
-            "step": state.step,
-            "epoch": round(state.step / setup.steps_per_epoch, 4),
+            "step": self.state.step,
+            "epoch": round(self.state.step / self.config.steps_per_epoch, 4),
             "loss": loss,
             "learning_rate": learning_rate,
             "tokens_per_second": tokens / elapsed,
             "loss_tokens_per_second": loss_tokens / elapsed,
         }
-        row |= _gpu_row(tokens / elapsed, total_params, world)
-        last_train_losses = [*last_train_losses, loss][-10:]
-        if state.step % every_eval == 0 or state.step == setup.total_steps:
-            result = run_eval()
-            if result:
-                row |= {"eval_loss": result["loss"], "eval_perplexity": result["perplexity"]}
-                if early is not None:
-                    state.stopped_early = early.update(result["loss"])
-                    state.early_stopping = early.state_dict()
-        stop_requested = _stop_requested(rank, tracker, row, device)
-        if (
-            state.step % spec.checkpointing.every_steps == 0
-            or stop_requested
-            or state.stopped_early
-        ):
-            checkpoints.save_and_report(
-                engine, state, {"step": state.step, "loss": loss}, rank=rank
-            )
-            saved_step = state.step
-            if rank == 0:
-                tracker.checkpointed.remote(state.step)
+        return row | _gpu_row(tokens / elapsed, self.total_params, self.world)
 
-    if stop_requested:
-        return  # interrupted: the checkpoint just saved is where the next run resumes
-    if saved_step != state.step:
-        checkpoints.save_and_report(engine, state, {"step": state.step}, rank=rank)
-    metrics = (
-        {"train_loss": sum(last_train_losses) / len(last_train_losses)} if last_train_losses else {}
-    )
-    metrics |= {
-        "steps": state.step,
-        "stopped_early": state.stopped_early,
-        "trainable_parameters": trainable,
-        "total_parameters": total_params,
-    }
-    metrics |= _final_evaluation(spec, engine, data, tokenizer, device, run_eval)
-    artifacts.save_model_artifacts(
-        engine, model, spec, tokenizer, model_dir, Path(setup.output_dir), rank=rank
-    )
-    if rank == 0:
-        ray.get(tracker.finished.remote(metrics))
+    def evaluate_if_due(self) -> dict[str, float]:
+        """Validation loss every evaluation.everySteps (else once an epoch) and at the end."""
+        step = self.state.step
+        every = self.spec.evaluation.every_steps or self.config.steps_per_epoch
+        if step % every != 0 and step != self.config.total_steps:
+            return {}
+        result = self.evaluate()
+        if not result:
+            return {}
+        if self.early is not None:
+            self.state.stopped_early = self.early.update(result["loss"])
+            self.state.early_stopping = self.early.state_dict()
+        return {"eval_loss": result["loss"], "eval_perplexity": result["perplexity"]}
+
+    def report(self, row: dict[str, Any]) -> bool:
+        """Hand the row to the driver; True (on every rank) when the driver asked to stop."""
+        return _stop_requested(self.rank, self.config.tracker, row, self.device)
+
+    def checkpoint_due(self, stop: bool) -> bool:
+        every = self.spec.checkpointing.every_steps
+        return self.state.step % every == 0 or stop or self.state.stopped_early
+
+    def save_checkpoint(self, loss: float | None = None) -> None:
+        """Collective: every rank saves its shards into this step's checkpoint."""
+        metrics = {"step": self.state.step} | ({"loss": loss} if loss is not None else {})
+        checkpoints.save_and_report(self.engine, self.state, metrics, rank=self.rank)
+        self.saved_step = self.state.step
+        if self.rank == 0:
+            self.config.tracker.checkpointed.remote(self.state.step)
+
+    def save_final_checkpoint(self) -> None:
+        """The last step's checkpoint, unless the cadence already saved it."""
+        if self.saved_step != self.state.step:
+            self.save_checkpoint()
+
+    def final_metrics(self) -> dict[str, Any]:
+        """Training loss (mean of the last 10 steps), counts, and the final evaluation."""
+        losses = self.last_train_losses
+        metrics: dict[str, Any] = {"train_loss": sum(losses) / len(losses)} if losses else {}
+        metrics |= {
+            "steps": self.state.step,
+            "stopped_early": self.state.stopped_early,
+            "trainable_parameters": self.trainable_params,
+            "total_parameters": self.total_params,
+        }
+        return metrics | self.final_evaluation()
+
+    def final_evaluation(self) -> dict[str, float]:
+        """Validation loss/perplexity, then test loss, perplexity, accuracy and generation."""
+        metrics: dict[str, float] = {}
+        validation = self.evaluate()
+        if validation:
+            metrics |= {
+                "eval_loss": validation["loss"],
+                "eval_perplexity": validation["perplexity"],
+            }
+        wanted = set(self.spec.evaluation.metrics)
+        if self.data["test"]:
+            test = self.evaluate("test")
+            metrics |= (
+                {"test_loss": test["loss"], "test_perplexity": test["perplexity"]} if test else {}
+            )
+            if test and "accuracy" in wanted:
+                metrics["test_accuracy"] = test["accuracy"]
+        samples = self.data["generation"]
+        if samples and wanted & set(evaluate.GENERATION_METRICS):
+            answers = evaluate.generate_answers(
+                self.engine.module, samples, self.tokenizer, device=self.device,
+                zero3=self.spec.deepspeed.zero_stage == 3,
+            )  # fmt: skip
+            scores = evaluate.generation_metrics(answers, [s["reference"] for s in samples])
+            metrics |= {
+                f"test_{k}": v
+                for k, v in scores.items()
+                if k in wanted or k == "generation_samples"
+            }
+        return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+    def save_model(self) -> None:
+        """adapter/ and/or model/ in the output folder (collective under ZeRO-3)."""
+        artifacts.save_model_artifacts(
+            self.engine, self.model, self.spec, self.tokenizer, self.model_dir,
+            self.config.output_dir, rank=self.rank,
+        )  # fmt: skip
+
+    def finished(self, metrics: dict[str, Any]) -> None:
+        if self.rank == 0:
+            import ray
+
+            ray.get(self.config.tracker.finished.remote(metrics))
 
 
 def _device() -> torch.device:
     if torch.cuda.is_available():
         import ray.train.torch
 
-        device = ray.train.torch.get_device()
+        device: torch.device = ray.train.torch.get_device()
         torch.cuda.set_device(device)  # DeepSpeed and bitsandbytes use the current device
         return device
     return torch.device("cpu")
@@ -197,11 +321,11 @@ def _device() -> torch.device:
 
 def _build_engine(
     spec: api.FineTuneJobSpec,
-    setup: WorkerSetup,
+    total_steps: int,
     model_dir: Path,
     ds_config: dict[str, Any],
     precision: str,
-):
+) -> tuple[Any, Any]:
     """DeepSpeed engine around the (peft-wrapped) model, our AdamW and LR schedule."""
     import deepspeed
 
@@ -211,10 +335,10 @@ def _build_engine(
     deepspeed.init_distributed(dist_backend=dist.get_backend())
     dschf = None
     if spec.deepspeed.zero_stage == 3:
-        from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
         # Must exist before from_pretrained so weights load straight into ZeRO-3 partitions.
-        dschf = HfDeepSpeedConfig(ds_config)
+        dschf = HfDeepSpeedConfig(ds_config)  # type: ignore[no-untyped-call]
     base = load_base_model(
         model_dir,
         spec.model,
@@ -226,10 +350,10 @@ def _build_engine(
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    warmup = warmup_steps(setup.total_steps, hp.warmup_ratio)
+    warmup = warmup_steps(total_steps, hp.warmup_ratio)
 
     def schedule(step: int) -> float:
-        return lr_multiplier(step, total=setup.total_steps, warmup=warmup, kind=hp.lr_scheduler)
+        return lr_multiplier(step, total=total_steps, warmup=warmup, kind=hp.lr_scheduler)
 
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model,
@@ -243,7 +367,11 @@ def _build_engine(
 
 
 def _optimizer_step(
-    engine, micro_batches: list[list[dict]], pad_token_id: int, device, dtype
+    engine: Any,
+    micro_batches: list[list[dict[str, Any]]],
+    pad_token_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[float, int, int]:
     """One optimizer step over this rank's micro batches; returns the global mean token
     loss and the global non-padding and loss token counts.
@@ -256,7 +384,7 @@ def _optimizer_step(
     batches = [to_device(collate(rows, pad_token_id, dtype), device) for rows in micro_batches]
     counts = torch.tensor(
         [
-            sum(int((b["labels"] != -100).sum()) for b in batches),
+            sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches),
             sum(int(b["num_tokens"]) for b in batches),
         ],
         dtype=torch.float64,
@@ -276,7 +404,7 @@ def _optimizer_step(
     return counted, int(global_tokens), int(global_loss_tokens)
 
 
-def _stop_requested(rank: int, tracker, row: dict[str, Any], device) -> bool:
+def _stop_requested(rank: int, tracker: Any, row: dict[str, Any], device: torch.device) -> bool:
     """Rank 0 reports the step and learns whether the driver asked to stop (Ctrl-C); the
     answer is broadcast so that every rank saves the same checkpoint and leaves together."""
     import ray
@@ -311,33 +439,6 @@ def _gpu_row(tokens_per_second: float, total_params: int, world: int) -> dict[st
     if peak:
         row["mfu"] = 6 * total_params * tokens_per_second / (peak * world)
     return row
-
-
-def _final_evaluation(spec, engine, data, tokenizer, device, run_eval) -> dict[str, float]:
-    """Validation loss/perplexity, then test loss, perplexity, accuracy and generation metrics."""
-    metrics: dict[str, float] = {}
-    validation = run_eval()
-    if validation:
-        metrics |= {"eval_loss": validation["loss"], "eval_perplexity": validation["perplexity"]}
-    wanted = set(spec.evaluation.metrics)
-    if data["test"]:
-        test = run_eval("test")
-        metrics |= (
-            {"test_loss": test["loss"], "test_perplexity": test["perplexity"]} if test else {}
-        )
-        if test and "accuracy" in wanted:
-            metrics["test_accuracy"] = test["accuracy"]
-    samples = data["generation"]
-    if samples and wanted & set(evaluate.GENERATION_METRICS):
-        zero3 = spec.deepspeed.zero_stage == 3
-        answers = evaluate.generate_answers(
-            engine.module, samples, tokenizer, device=device, zero3=zero3
-        )
-        scores = evaluate.generation_metrics(answers, [s["reference"] for s in samples])
-        metrics |= {
-            f"test_{k}": v for k, v in scores.items() if k in wanted or k == "generation_samples"
-        }
-    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

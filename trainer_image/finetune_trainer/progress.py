@@ -10,7 +10,14 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 PLAIN_EVERY_SECONDS = 10.0
@@ -23,7 +30,7 @@ class ProgressView:
         self.console = console or Console(file=sys.stdout)
         self.interactive = self.console.is_terminal
         self.bar: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
         self.last_plain = 0.0
 
     def start(self, start_step: int, total_steps: int) -> None:
@@ -51,7 +58,7 @@ class ProgressView:
         if "loss" not in row:  # the baseline evaluation before the first step
             return
         loss, speed = f"{row['loss']:.4f}", f"{row['tokens_per_second']:,.0f}"
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=row["step"], loss=loss, speed=speed)
         elif (
             time.monotonic() - self.last_plain >= PLAIN_EVERY_SECONDS or row["step"] == total_steps

@@ -1,55 +1,91 @@
 """GET /progress on the driver: the run's progress as JSON, for the operator to poll.
 
 Trainer pods have no Kubernetes write access, so the operator reads this endpoint on the
-Ray head and writes status itself. Field names follow FineTuneJob.status.progress (and
-lastCheckpoint). Started only when FINETUNE_PROGRESS_PORT is set.
+Ray head and writes status itself. The body is the design's progress contract:
+{"progress": {...}, "lastCheckpoint": {"step", "uri"} | null, "result": {...} | null},
+each part the wire form of the API model status uses (api.Progress, api.CheckpointRef,
+api.Result). Started only when FINETUNE_PROGRESS_PORT is set.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypedDict
+
+from finetune_operator import api
 
 PORT_ENV = "FINETUNE_PROGRESS_PORT"
 
 
+class ProgressBody(TypedDict):
+    """The JSON body of GET /progress; keys as in FineTuneJob.status."""
+
+    progress: dict[str, Any]
+    lastCheckpoint: dict[str, Any] | None
+    result: dict[str, Any] | None
+
+
 class ProgressBoard:
-    """The latest progress, updated from history rows; thread-safe snapshots."""
+    """The latest progress, checkpoint and result; thread-safe snapshots."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._progress: dict[str, Any] = {}
+        self._progress = api.Progress()
+        self._checkpoint: api.CheckpointRef | None = None
+        self._result: api.Result | None = None
         self._clock: tuple[float, int] | None = None  # (time, step) when this attempt began
 
-    def update(self, row: dict[str, Any], total_steps: int, last_checkpoint: int | None) -> None:
+    def update(self, row: dict[str, Any], total_steps: int) -> None:
+        """Fold one history row in; loss fields keep their last value until a row has them."""
         with self._lock:
             step = row["step"]
             if self._clock is None or step <= self._clock[1]:
                 self._clock = (time.monotonic(), step)
             started, first = self._clock
             rate = (step - first) / max(1e-9, time.monotonic() - started)  # steps per second
-            progress = self._progress | {
-                "step": step,
-                "totalSteps": total_steps,
-                "epoch": row.get("epoch"),
-                "percent": round(100.0 * step / total_steps, 2) if total_steps else None,
-                "etaSeconds": round((total_steps - step) / rate, 1) if rate > 0 else None,
-            }
+            progress = self._progress
+            progress.step, progress.total_steps = step, total_steps
+            progress.epoch = row.get("epoch")
+            progress.percent = round(100.0 * step / total_steps, 2) if total_steps else None
+            progress.eta_seconds = round((total_steps - step) / rate, 1) if rate > 0 else None
             if "loss" in row:
-                progress |= {"trainLoss": row["loss"], "tokensPerSecond": row["tokens_per_second"]}
+                progress.train_loss = row["loss"]
+                progress.tokens_per_second = row["tokens_per_second"]
             if "eval_loss" in row:
-                progress["evalLoss"] = row["eval_loss"]
-            if last_checkpoint is not None:
-                progress["lastCheckpointStep"] = last_checkpoint
-            self._progress = progress
+                progress.eval_loss = row["eval_loss"]
 
-    def snapshot(self) -> dict[str, Any]:
+    def checkpointed(self, checkpoint: api.CheckpointRef) -> None:
         with self._lock:
-            return dict(self._progress)
+            self._checkpoint = checkpoint
+
+    def finished(self, result: api.Result) -> None:
+        with self._lock:
+            self._result = result
+
+    def snapshot(self) -> ProgressBody:
+        with self._lock:
+            return {
+                "progress": self._progress.to_wire(),
+                "lastCheckpoint": self._checkpoint.to_wire() if self._checkpoint else None,
+                "result": self._result.to_wire() if self._result else None,
+            }
+
+
+def final_result(output_uri: str, metrics: dict[str, Any]) -> api.Result:
+    """status.result: the output's URI and the finite numeric metrics, as floats."""
+    numbers = {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+    return api.Result(outputUri=output_uri, metrics=numbers)
 
 
 def serve(board: ProgressBoard, port: int) -> ThreadingHTTPServer:
@@ -78,3 +114,15 @@ def serve(board: ProgressBoard, port: int) -> ThreadingHTTPServer:
 def serve_from_env(board: ProgressBoard) -> ThreadingHTTPServer | None:
     port = os.environ.get(PORT_ENV)
     return serve(board, int(port)) if port else None
+
+
+@contextmanager
+def serving(board: ProgressBoard) -> Iterator[None]:
+    """Serve `board` while the block runs, when FINETUNE_PROGRESS_PORT asks for it."""
+    server = serve_from_env(board)
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()  # frees the port for the next run in this process

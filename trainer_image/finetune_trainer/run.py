@@ -1,21 +1,36 @@
-"""`finetune run JOB.yaml`: the whole job on Ray — data, model, training, evaluation, outputs.
+"""`finetune run JOB.yaml`: the whole job on Ray: plan → data → train → publish.
 
-`run_command` reads like a table of contents; each step lives in its own module. Locally it
-starts a small Ray instance; inside a RayJob (RAY_ADDRESS set) it joins that cluster.
+`_run` reads like a table of contents; each step is one function below it, and the work
+itself lives in its own module. Locally it starts a small Ray instance once the input is
+known good; inside a RayJob (RAY_ADDRESS set) it joins that cluster first, because the
+cluster's resources decide the worker layout.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from finetune_operator import api
 from finetune_operator.validation import InvalidSpec, load_job_file
+
+from finetune_trainer import cluster, layout, ray_train, tracker
+from finetune_trainer.history import HISTORY, append_history, read_history, truncate_history
+from finetune_trainer.model_card import MODEL_CARD, model_card
+from finetune_trainer.progress_server import ProgressBoard, final_result, serving
+from finetune_trainer.reports import LOSS_PLOT, METRICS, plot_loss, throughput, write_metrics
+from finetune_trainer.upload import upload_dir
+
+if TYPE_CHECKING:
+    from finetune_trainer.progress import ProgressView
+    from finetune_trainer.rows import Splits
+    from finetune_trainer.tracker import TrackerState
 
 STOP_AT_STEP_ENV = "FINETUNE_STOP_AT_STEP"  # test hook: act as if Ctrl-C came at this step
 STAGING_ENV = "FINETUNE_STAGING_DIR"  # where s3:// outputs are written before the upload
@@ -31,6 +46,35 @@ class Output:
     @property
     def remote(self) -> bool:
         return self.uri.startswith("s3://")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The job, checked against this machine or cluster before any data or model work."""
+
+    job: api.FineTuneJob
+    base_dir: Path  # the job file's folder: relative sources resolve against it
+    out: Output
+    workers: layout.WorkerLayout
+    model_dir: Path  # the base model's folder (downloaded when remote)
+    local: bool  # no RayJob around us: Ray starts here, after the data is prepared
+
+    @property
+    def spec(self) -> api.FineTuneJobSpec:
+        return self.job.spec
+
+    @property
+    def name(self) -> str:
+        return ray_train.run_name(self.job.metadata)
+
+    def checkpoint_uri(self, step: int) -> str:
+        return ray_train.checkpoint_uri(self.out.checkpoint_storage, self.name, step)
+
+
+@dataclass(frozen=True)
+class RunData:
+    splits: Splits  # tokenised rows and the step counts they make
+    report: dict[str, Any]  # data_report.json: the data stage's counts and the token stats
 
 
 def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> int:
@@ -49,74 +93,92 @@ def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> 
 
 
 def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
-    from finetune_trainer import outputs, ray_train
-    from finetune_trainer.data import prepare_records, write_prepared
+    from finetune_trainer.progress import ProgressView, summary_table
+
+    plan = plan_run(job_path, output=output, workers=workers)
+    data = prepare_data(plan)
+    view, board = ProgressView(), ProgressBoard()
+    with serving(board):  # /progress for the operator, when it asks for one
+        state = train(plan, data, view, board)
+        if state is None:
+            return EXIT_FAILED
+        if state.final_metrics is None:
+            return _interrupted(plan, state)
+        metrics = publish(plan, data, state.final_metrics, state.start_step or 0, board)
+    view.console.print(summary_table(metrics, plan.out.uri))
+    return 0
+
+
+def plan_run(job_path: Path, *, output: Path | None, workers: int | None) -> RunPlan:
+    """Parse the job, lay out the workers and refuse what cannot run, before any real work."""
     from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
     from finetune_trainer.model import resolve_model_dir
-    from finetune_trainer.progress import ProgressView, summary_table
-    from finetune_trainer.progress_server import ProgressBoard, serve_from_env
-    from finetune_trainer.rows import tokenize_splits
 
     job = load_job_file(job_path)
     spec, base_dir = job.spec, job_path.resolve().parent
     out = resolve_output(spec.output.destination, output, base_dir)
-
-    local = not ray_train.in_cluster()
+    local = not cluster.in_cluster()
     if not local:
-        ray_train.connect()  # the cluster's resources decide the layout
-    gpus, cpus = ray_train.available_resources()
-    layout = ray_train.plan_workers(
+        cluster.connect()  # the cluster's resources decide the layout
+    gpus, cpus = cluster.available_resources()
+    workers_layout = layout.plan_workers(
         spec.resources, workers_override=workers, cluster_gpus=gpus, cluster_cpus=cpus, local=local
     )
-    if not layout.use_gpu:  # on GPUs the workers decide, since only they see the device
+    if not workers_layout.use_gpu:  # on GPUs the workers decide, since only they see the device
         _, precision_note = resolve_precision(spec.hyperparameters.precision, cuda=False,
                                               bf16_supported=False)  # fmt: skip
-        layout.notes.extend([precision_note] if precision_note else [])
-    for note in layout.notes:
+        workers_layout.notes.extend([precision_note] if precision_note else [])
+    for note in workers_layout.notes:
         print(f"note: {note}")
-    ray_train.check_method_supported(spec.method, layout)  # before any data or model work
-    plan_batch(
-        spec.hyperparameters.batch_size, layout.world_size, spec.hyperparameters.micro_batch_size
-    )
-
+    layout.check_method_supported(spec.method, workers_layout)  # before any data or model work
+    hp = spec.hyperparameters
+    plan_batch(hp.batch_size, workers_layout.world_size, hp.micro_batch_size)
     model_dir = resolve_model_dir(spec.model, base_dir=base_dir)  # a bad source fails here, early
+    return RunPlan(job, base_dir, out, workers_layout, model_dir, local)
 
-    prepared = prepare_records(spec, base_dir=base_dir)
-    out.local_dir.mkdir(parents=True, exist_ok=True)
-    write_prepared(prepared, out.local_dir)
-    splits = tokenize_splits(prepared, spec, model_dir)
+
+def prepare_data(plan: RunPlan) -> RunData:
+    """Clean, split and tokenise the records; write the splits and data_report.json."""
+    from finetune_trainer.data import prepare_records, write_prepared
+    from finetune_trainer.rows import tokenize_splits
+
+    prepared = prepare_records(plan.spec, base_dir=plan.base_dir)
+    splits = tokenize_splits(prepared, plan.spec, plan.model_dir)
+    # Written once, after tokenising: the report carries the rows' token counts too.
     report = prepared.report | splits.stats
-    (out.local_dir / outputs.DATA_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    write_prepared(replace(prepared, report=report), plan.out.local_dir)
+    return RunData(splits, report)
 
+
+def train(
+    plan: RunPlan, data: RunData, view: ProgressView, board: ProgressBoard
+) -> TrackerState | None:
+    """Fit on Ray while following the tracker; its final state, or None when the run failed."""
     import ray
 
-    ray_train.connect()
-    tracker = ray_train.start_tracker(_stop_at_step())
-    setup = {
-        "spec": spec.to_wire(),
-        "base_dir": str(base_dir),
-        "total_steps": splits.total_steps,
-        "steps_per_epoch": splits.steps_per_epoch,
-        "data": ray.put(splits.rows),
-        "tracker": tracker,
-        "output_dir": str(out.local_dir),
-    }
-    view = ProgressView()
-    board = ProgressBoard()
-    server = serve_from_env(board)  # /progress for the operator, when it asks for one
-    follower = _HistoryFollower(tracker, view, board, out.local_dir / outputs.HISTORY)
+    from finetune_trainer.loop import WorkerSetup
+
+    if plan.local:
+        cluster.connect()
+    progress_tracker = tracker.start_tracker(_stop_at_step())
+    setup = WorkerSetup(
+        spec=plan.spec,
+        base_dir=plan.base_dir,
+        total_steps=data.splits.total_steps,
+        steps_per_epoch=data.splits.steps_per_epoch,
+        data=ray.put(data.splits.rows),
+        tracker=progress_tracker,
+        output_dir=plan.out.local_dir,
+    )
+    follower = _HistoryFollower(progress_tracker, plan, data.splits.total_steps, view, board)
     # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only
     # from the main thread, would abort the run without a checkpoint).
     fitting = _Background(
         lambda: ray_train.fit(
-            setup,
-            layout=layout,
-            name=ray_train.run_name(job.metadata),
-            storage=out.checkpoint_storage,
-            spec=spec,
+            setup, layout=plan.workers, name=plan.name, storage=plan.out.checkpoint_storage
         )
     )
-    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(tracker))
+    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(progress_tracker))
     try:
         fitting.start()
         while fitting.is_alive():
@@ -125,34 +187,43 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
         fitting.reraise()
     except ray_train.training_failures() as error:
         print(f"finetune run: training failed: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return None
     finally:
         signal.signal(signal.SIGINT, previous)
         state = follower.poll()
         view.stop()
-        if server is not None:
-            server.shutdown()
+    return state
 
-    if state["final_metrics"] is None and state["last_checkpoint"] is None:
+
+def publish(
+    plan: RunPlan,
+    data: RunData,
+    final_metrics: dict[str, Any],
+    resumed_from_step: int,
+    board: ProgressBoard,
+) -> dict[str, Any]:
+    """metrics.json, loss.png and the model card beside the weights; the upload; the result."""
+    out = plan.out.local_dir
+    history = read_history(out / HISTORY)
+    metrics = final_metrics | {"resumed_from_step": resumed_from_step} | throughput(history)
+    write_metrics(out / METRICS, metrics)
+    plot_loss(history, out / LOSS_PLOT)
+    (out / MODEL_CARD).write_text(model_card(plan.job, metrics, data.report))
+    if plan.out.remote:
+        upload_dir(out, plan.out.uri)
+    board.finished(final_result(plan.out.uri, metrics))
+    return metrics
+
+
+def _interrupted(plan: RunPlan, state: TrackerState) -> int:
+    if state.last_checkpoint is None:
         print("interrupted before the first checkpoint; nothing to resume from")
-        return EXIT_INTERRUPTED
-    if state["final_metrics"] is None:
-        step = state["last_checkpoint"]
+    else:
         print(
-            f"interrupted: checkpoint saved at step {step} in {out.uri}/checkpoints; "
-            "run the same command again to resume"
+            f"interrupted: checkpoint saved at step {state.last_checkpoint} in "
+            f"{plan.out.uri}/checkpoints; run the same command again to resume"
         )
-        return EXIT_INTERRUPTED
-    metrics = state["final_metrics"] | {"resumed_from_step": state["start_step"] or 0}
-    history = outputs.read_history(out.local_dir / outputs.HISTORY)
-    metrics |= _throughput(history)
-    outputs.write_metrics(out.local_dir / outputs.METRICS, metrics)
-    outputs.plot_loss(history, out.local_dir / outputs.LOSS_PLOT)
-    (out.local_dir / outputs.MODEL_CARD).write_text(outputs.model_card(job, metrics, report))
-    if out.remote:
-        outputs.upload_dir(out.local_dir, out.uri)
-    view.console.print(summary_table(metrics, out.uri))
-    return 0
+    return EXIT_INTERRUPTED
 
 
 def resolve_output(destination: str, override: Path | None, base_dir: Path) -> Output:
@@ -180,36 +251,17 @@ def _stop_at_step() -> int | None:
     return int(value) if value else None
 
 
-def _on_interrupt(tracker) -> None:
+def _on_interrupt(progress_tracker: Any) -> None:
     """First Ctrl-C: every rank finishes its step, saves a checkpoint and leaves. Second: abort."""
     print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)")
-    tracker.request_stop.remote()
+    progress_tracker.request_stop.remote()
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _throughput(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean tokens/s over the run, and how MFU is estimated when it was measured."""
-    speeds = [r["tokens_per_second"] for r in history if "tokens_per_second" in r]
-    result: dict[str, Any] = {"tokens_per_second": sum(speeds) / len(speeds)} if speeds else {}
-    baseline = [r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r]
-    if baseline:
-        result["baseline_eval_loss"] = baseline[0]
-    mfu = [r["mfu"] for r in history if "mfu" in r]
-    if mfu:
-        from finetune_trainer.outputs import MFU_FORMULA
-
-        result |= {
-            "mfu": sum(mfu) / len(mfu),
-            "mfu_formula": MFU_FORMULA,
-            "peak_memory_gib": max(r["peak_memory_gib"] for r in history),
-        }
-    return result
 
 
 class _Background(threading.Thread):
     """Runs one call in a daemon thread and keeps what it raised for the caller."""
 
-    def __init__(self, call) -> None:
+    def __init__(self, call: Callable[[], object]) -> None:
         super().__init__(daemon=True, name="finetune-fit")
         self.call = call
         self.error: BaseException | None = None
@@ -226,31 +278,38 @@ class _Background(threading.Thread):
 
 
 class _HistoryFollower:
-    """Reads the tracker: appends rows to history.jsonl and moves the progress bar."""
+    """Reads the tracker: appends rows to history.jsonl, moves the bar, updates /progress."""
 
-    def __init__(self, tracker, view, board, history_path: Path) -> None:
-        self.tracker, self.view, self.board = tracker, view, board
-        self.history_path = history_path
+    def __init__(
+        self,
+        progress_tracker: Any,
+        plan: RunPlan,
+        total_steps: int,
+        view: ProgressView,
+        board: ProgressBoard,
+    ) -> None:
+        self.tracker, self.plan, self.total_steps = progress_tracker, plan, total_steps
+        self.view, self.board = view, board
+        self.history_path = plan.out.local_dir / HISTORY
         self.started_view = False
         self.attempts_seen = 0
-        self.state: dict[str, Any] = {}
 
-    def poll(self) -> dict[str, Any]:
+    def poll(self) -> TrackerState:
         import ray
 
-        from finetune_trainer import outputs
-
-        state = ray.get(self.tracker.poll.remote())
-        if state["attempts"] > self.attempts_seen:
-            self.attempts_seen = state["attempts"]
+        state: TrackerState = ray.get(self.tracker.poll.remote())
+        if state.resumed_at is not None and state.attempts > self.attempts_seen:
+            self.attempts_seen = state.attempts
             # Steps after the checkpoint an attempt resumes from are trained again.
-            outputs.truncate_history(self.history_path, state["resumed_at"])
-        if state["start_step"] is not None and not self.started_view:
+            truncate_history(self.history_path, state.resumed_at)
+        if state.start_step is not None and not self.started_view:
             self.started_view = True
-            self.view.start(state["start_step"], state["total_steps"])
-        outputs.append_history(self.history_path, state["rows"])
-        for row in state["rows"]:
-            self.view.update(row, state["total_steps"])
-            self.board.update(row, state["total_steps"], state["last_checkpoint"])
-        self.state = state | {"rows": []}
-        return self.state
+            self.view.start(state.start_step, self.total_steps)
+        append_history(self.history_path, state.rows)
+        for row in state.rows:
+            self.view.update(row, self.total_steps)
+            self.board.update(row, self.total_steps)
+        if state.last_checkpoint is not None:
+            uri = self.plan.checkpoint_uri(state.last_checkpoint)
+            self.board.checkpointed(api.CheckpointRef(step=state.last_checkpoint, uri=uri))
+        return state

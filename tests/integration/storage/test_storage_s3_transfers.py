@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from finetune_trainer.outputs import upload_dir
 from finetune_trainer.storage import fetch_to_cache
+from finetune_trainer.upload import upload_dir
 
 from tests.unit.data.data_helpers import QUICKSTART_DATA
 

@@ -6,13 +6,13 @@ import re
 
 import pytest
 from finetune_operator import api
-from finetune_trainer.ray_train import (
+from finetune_trainer.layout import (
     MethodUnavailable,
     WorkerLayout,
     check_method_supported,
     plan_workers,
-    run_name,
 )
+from finetune_trainer.ray_train import checkpoint_uri, run_name
 from finetune_trainer.run import EXIT_BAD_INPUT, resolve_output, run_command
 
 from tests.unit.trainer.trainer_helpers import make_manifest, write_job
@@ -48,6 +48,27 @@ def test_run_name_carries_the_uid_so_a_recreated_job_starts_fresh():
     assert run_name(first) == "chat-5f0c1e2a"
     assert run_name(first) != run_name(second)
     assert run_name(api.ObjectMeta(name="chat")) == "chat"
+
+
+def test_a_checkpoint_lives_under_storage_then_run_name():
+    """Ray Train's layout: storage_path / RunConfig name / the reported checkpoint_dir_name."""
+    assert (
+        checkpoint_uri("s3://bucket/run/checkpoints/", "chat-5f0c1e2a", 12)
+        == "s3://bucket/run/checkpoints/chat-5f0c1e2a/checkpoint_step_00000012"
+    )
+    assert (
+        checkpoint_uri("/out/checkpoints", "chat", 3)
+        == "/out/checkpoints/chat/checkpoint_step_00000003"
+    )
+
+
+def test_in_cluster_means_ray_address_is_set(monkeypatch):
+    from finetune_trainer.cluster import in_cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not in_cluster()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert in_cluster()
 
 
 def test_qlora_without_gpu_is_refused():
@@ -153,23 +174,23 @@ def test_checkpoints_on_s3_compatible_storage_use_its_endpoint(monkeypatch):
 
 
 def test_tracker_forgets_rows_past_the_checkpoint_a_restarted_attempt_resumes_from():
-    from finetune_trainer.ray_train import ProgressTracker
+    from finetune_trainer.tracker import ProgressTracker
 
     tracker = ProgressTracker()
-    tracker.started(0, 10)
+    tracker.started(0)
     for step in (1, 2, 3):
         tracker.record({"step": step})
-    assert [r["step"] for r in tracker.poll()["rows"]] == [1, 2, 3]
+    assert [r["step"] for r in tracker.poll().rows] == [1, 2, 3]
     tracker.record({"step": 4})  # never handed out: the worker group died after it
-    tracker.started(2, 10)  # Ray Train restarted the group from the checkpoint at step 2
+    tracker.started(2)  # Ray Train restarted the group from the checkpoint at step 2
     tracker.record({"step": 3})
     state = tracker.poll()
-    assert [r["step"] for r in state["rows"]] == [3]
-    assert (state["start_step"], state["resumed_at"], state["attempts"]) == (0, 2, 2)
+    assert [r["step"] for r in state.rows] == [3]
+    assert (state.start_step, state.resumed_at, state.attempts) == (0, 2, 2)
 
 
 def test_tracker_test_hook_and_ctrl_c_both_ask_rank_0_to_stop():
-    from finetune_trainer.ray_train import ProgressTracker
+    from finetune_trainer.tracker import ProgressTracker
 
     hooked = ProgressTracker(stop_at_step=2)
     assert [hooked.record({"step": s}) for s in (1, 2)] == [False, True]

@@ -27,12 +27,8 @@ def engine_for(workspace: Path, method: str, total_steps: int):
         evaluation={"metrics": ["loss", "accuracy", "exact_match", "bleu", "rouge"]},
     )).spec  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
-    setup = loop.WorkerSetup(
-        spec=spec.to_wire(), base_dir=str(workspace), total_steps=total_steps,
-        steps_per_epoch=splits.steps_per_epoch, data=None, tracker=None, output_dir="",
-    )  # fmt: skip
     config = build_deepspeed_config(spec, world_size=1, precision="fp32")
-    engine, _ = loop._build_engine(spec, setup, workspace / "model", config, "fp32")
+    engine, _ = loop._build_engine(spec, total_steps, workspace / "model", config, "fp32")
     return spec, splits, engine
 
 
@@ -91,3 +87,31 @@ def test_generation_metrics_score_partial_answers_between_the_extremes():
     assert scores["exact_match"] == 0.5
     assert 0.5 < scores["rouge"] < 1.0
     assert 0.0 < scores["bleu"] < 100.0
+
+
+def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, single_process_group):
+    """The worker's setup seam: build → train_step/evaluate_if_due → final_metrics, in-process."""
+    spec = parse_job(make_manifest(
+        hyperparameters={"batchSize": 4, "microBatchSize": 2, "maxSteps": 2},
+        evaluation={"everySteps": 1, "metrics": ["loss", "accuracy"]},
+        checkpointing={"everySteps": 2, "keep": 1},
+    )).spec  # fmt: skip
+    splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
+    setup = loop.WorkerSetup(
+        spec=spec, base_dir=workspace, total_steps=2, steps_per_epoch=splits.steps_per_epoch,
+        data=None, tracker=None, output_dir=workspace / "out",
+    )  # fmt: skip
+    worker = loop.Worker.build(setup, splits.rows, rank=0, world=1, device=torch.device("cpu"))
+    assert (worker.batch.micro_batch_size, worker.batch.accumulation_steps) == (2, 2)
+    rows = []
+    while worker.steps_left():
+        rows.append(worker.train_step() | worker.evaluate_if_due())
+        assert worker.checkpoint_due(stop=False) == (worker.state.step == 2)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and "eval_loss" in r for r in rows)
+    assert worker.engine.global_steps == 2
+    metrics = worker.final_metrics()
+    assert metrics["train_loss"] == pytest.approx(sum(r["loss"] for r in rows) / 2)
+    assert metrics["steps"] == 2 and metrics["stopped_early"] is False
+    assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
+    assert {"eval_loss", "eval_perplexity", "test_loss", "test_accuracy"} <= set(metrics)

@@ -1,4 +1,4 @@
-"""The run's report files: history, metrics, loss plot and model card."""
+"""The run's report files: history, metrics, loss plot and model card; and their upload."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import math
 
 from finetune_operator.validation import parse_job
-from finetune_trainer import outputs
+from finetune_trainer import history, reports, upload
+from finetune_trainer.model_card import model_card
 
 from tests.unit.trainer.trainer_helpers import make_manifest
 
@@ -16,40 +17,51 @@ def rows(steps, **extra):
 
 
 def test_history_appends_and_a_resume_drops_steps_after_the_checkpoint(tmp_path):
-    path = tmp_path / outputs.HISTORY
-    outputs.append_history(path, rows(range(1, 6)))
-    outputs.truncate_history(path, after_step=3)  # resumed from the checkpoint at step 3
-    outputs.append_history(path, rows(range(4, 8)))
-    steps = [row["step"] for row in outputs.read_history(path)]
+    path = tmp_path / history.HISTORY
+    history.append_history(path, rows(range(1, 6)))
+    history.truncate_history(path, after_step=3)  # resumed from the checkpoint at step 3
+    history.append_history(path, rows(range(4, 8)))
+    steps = [row["step"] for row in history.read_history(path)]
     assert steps == [1, 2, 3, 4, 5, 6, 7]
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
 def test_truncating_a_missing_history_starts_an_empty_one(tmp_path):
-    path = tmp_path / outputs.HISTORY
-    outputs.truncate_history(path, after_step=0)
-    assert outputs.read_history(path) == []
+    path = tmp_path / history.HISTORY
+    history.truncate_history(path, after_step=0)
+    assert history.read_history(path) == []
 
 
 def test_metrics_are_sorted_json_without_non_finite_values(tmp_path):
-    path = tmp_path / outputs.METRICS
-    outputs.write_metrics(path, {"train_loss": 1.5, "eval_loss": math.nan, "steps": 4})
+    path = tmp_path / reports.METRICS
+    reports.write_metrics(path, {"train_loss": 1.5, "eval_loss": math.nan, "steps": 4})
     written = json.loads(path.read_text())
     assert written == {"steps": 4, "train_loss": 1.5}
 
 
 def test_loss_plot_is_a_png(tmp_path):
-    path = tmp_path / outputs.LOSS_PLOT
-    history = rows(range(1, 5))
-    history[1]["eval_loss"] = 4.0
-    outputs.plot_loss(history, path)
+    path = tmp_path / reports.LOSS_PLOT
+    logged = rows(range(1, 5))
+    logged[1]["eval_loss"] = 4.0
+    reports.plot_loss(logged, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_throughput_summarises_the_logged_steps():
+    logged = [{"step": 0, "eval_loss": 6.0}, *rows([1, 2], tokens_per_second=100.0)]
+    logged[2]["tokens_per_second"] = 300.0
+    assert reports.throughput(logged) == {"tokens_per_second": 200.0, "baseline_eval_loss": 6.0}
+    on_gpu = rows([1, 2], tokens_per_second=10.0, mfu=0.25, peak_memory_gib=3.0)
+    on_gpu[1] |= {"mfu": 0.35, "peak_memory_gib": 5.0}
+    summary = reports.throughput(on_gpu)
+    assert math.isclose(summary["mfu"], 0.3) and summary["peak_memory_gib"] == 5.0
+    assert summary["mfu_formula"] == reports.MFU_FORMULA
 
 
 def test_model_card_names_base_data_hyperparameters_and_metrics():
     job = parse_job(make_manifest(hyperparameters={"learningRate": 3e-4, "batchSize": 8}))
     report = {"records_read": 160, "train": 136, "validation": 16, "test": 8, "tokens": 4321}
-    card = outputs.model_card(job, {"train_loss": 1.23456, "eval_loss": 1.5}, report)
+    card = model_card(job, {"train_loss": 1.23456, "eval_loss": 1.5}, report)
     assert card.startswith("# tiny\n")
     assert "`model`" in card and "lora" in card
     assert "`train.jsonl`" in card
@@ -62,7 +74,7 @@ def test_model_card_names_base_data_hyperparameters_and_metrics():
 
 def test_model_card_of_a_full_fine_tune_points_at_model():
     job = parse_job(make_manifest(method={"type": "full"}))
-    card = outputs.model_card(job, {}, {})
+    card = model_card(job, {}, {})
     assert "AutoModelForCausalLM.from_pretrained('model')" in card
     assert "PeftModel" not in card and "LoRA" not in card
 
@@ -74,7 +86,7 @@ def test_upload_copies_the_whole_tree_to_the_destination(tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     (tmp_path / "metrics.json").write_text('{"eval_loss": 1.0}')
-    outputs.upload_dir(tmp_path, "memory://bucket/runs/one")
+    upload.upload_dir(tmp_path, "memory://bucket/runs/one")
     filesystem = fsspec.filesystem("memory")
     assert filesystem.cat_file("/bucket/runs/one/metrics.json") == b'{"eval_loss": 1.0}'
     assert filesystem.exists("/bucket/runs/one/adapter/adapter_config.json")

@@ -1,0 +1,92 @@
+"""README.md beside the weights: what was trained, on what, how, and how well."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator import api
+
+MODEL_CARD = "README.md"
+# The data report's counts a reader of the card wants, in this order.
+DATA_COUNTS = (
+    "records_read",
+    "train",
+    "validation",
+    "test",
+    "duplicates_removed",
+    "leakage_removed",
+    "tokens",
+    "padding_ratio",
+)
+
+
+def model_card(job: api.FineTuneJob, metrics: dict[str, Any], data_report: dict[str, Any]) -> str:
+    """The card's sections in the order a reader asks: base, data, training, results, use."""
+    spec = job.spec
+    lines = [
+        f"# {job.metadata.name}",
+        "",
+        f"Fine-tuned from `{spec.model.source}` (revision `{spec.model.revision}`) with "
+        f"{spec.method.type} by finetune-operator.",
+        *_data(spec.dataset, data_report),
+        *_training(spec),
+        "",
+        "## Results",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {_plain(v)} |" for k, v in sorted(metrics.items()) if not isinstance(v, dict)),
+        *_use(spec),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _data(dataset: api.DatasetSpec, report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Data", "", f"- train: `{dataset.train.source}` ({dataset.train.format})"]
+    for name in ("validation", "test"):
+        source = getattr(dataset, name)
+        lines.append(f"- {name}: " + (f"`{source.source}`" if source else "held out from train"))
+    lines += [f"- mix: `{m.source}` (weight {m.weight})" for m in dataset.mix]
+    lines += ["", "| records | count |", "|---|---|"]
+    return lines + [f"| {key} | {_plain(report[key])} |" for key in DATA_COUNTS if key in report]
+
+
+def _training(spec: api.FineTuneJobSpec) -> list[str]:
+    hp = spec.hyperparameters
+    settings: dict[str, Any] = {
+        "method": spec.method.type,
+        "epochs": hp.epochs,
+        "max steps": hp.max_steps,
+        "learning rate": hp.learning_rate,
+        "scheduler": f"{hp.lr_scheduler}, warmup {hp.warmup_ratio}",
+        "batch size (global)": hp.batch_size,
+        "max sequence length": spec.dataset.max_seq_length,
+        "packing": spec.dataset.packing,
+        "precision": hp.precision,
+        "DeepSpeed ZeRO stage": spec.deepspeed.zero_stage,
+        "seed": hp.seed,
+    }
+    if spec.method.type != "full":
+        lora = spec.method.lora
+        settings["LoRA"] = (
+            f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, "
+            f"targets={', '.join(lora.target_modules)}"
+        )
+    lines = ["", "## Training", "", "| setting | value |", "|---|---|"]
+    return lines + [f"| {k} | {v} |" for k, v in settings.items() if v is not None]
+
+
+def _use(spec: api.FineTuneJobSpec) -> list[str]:
+    lines = ["", "## Use", ""]
+    if spec.method.type == "full" or spec.output.merge_adapter:
+        lines.append("`AutoModelForCausalLM.from_pretrained('model')` loads the fine-tuned model.")
+    if spec.method.type != "full":
+        lines.append(
+            "`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), 'adapter')` "
+            "loads the adapter on its base model."
+        )
+    return lines
+
+
+def _plain(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,64 @@
+"""The run's report files beside the weights: metrics.json and loss.png; data_report.json's name."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.json"
+LOSS_PLOT = "loss.png"
+DATA_REPORT = "data_report.json"
+MFU_FORMULA = "6 * N * tokens_per_second / (peak_flops_per_device * devices), N = all parameters"
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    finite = {
+        k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))
+    }
+    path.write_text(json.dumps(finite, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def throughput(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean tokens/s over the run, the base model's validation loss, and MFU when measured."""
+    speeds = [r["tokens_per_second"] for r in history if "tokens_per_second" in r]
+    result: dict[str, Any] = {"tokens_per_second": sum(speeds) / len(speeds)} if speeds else {}
+    baseline = [r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r]
+    if baseline:
+        result["baseline_eval_loss"] = baseline[0]
+    mfu = [r["mfu"] for r in history if "mfu" in r]
+    if mfu:
+        result |= {
+            "mfu": sum(mfu) / len(mfu),
+            "mfu_formula": MFU_FORMULA,
+            "peak_memory_gib": max(r["peak_memory_gib"] for r in history),
+        }
+    return result
+
+
+def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss per step, validation loss where evaluated."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in pods or CI
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    trained = [r for r in history if "loss" in r]
+    axes.plot([r["step"] for r in trained], [r["loss"] for r in trained], label="train loss")
+    evaluated = [r for r in history if "eval_loss" in r]
+    if evaluated:
+        axes.plot(
+            [r["step"] for r in evaluated],
+            [r["eval_loss"] for r in evaluated],
+            "o-",
+            label="validation loss",
+        )
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss (nats per token)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from finetune_operator.errors import UserError
 
-from finetune_trainer import ray_train
-
 
 class DataError(UserError):
     """The data stage cannot go on; the message names the file or field."""
@@ -46,8 +44,3 @@ class StorageNotFound(StorageError, FileNotFoundError):
 
 class StorageAccessDenied(StorageError, PermissionError):
     """No credentials, or they do not allow the operation."""
-
-
-# ray_train still raises a MethodUnavailable of its own; once it raises the one above,
-# this is (UserError,) and the ray_train import goes.
-USER_ERRORS: tuple[type[Exception], ...] = (UserError, ray_train.MethodUnavailable)

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 
 from finetune_operator import api
 
-
-class MethodUnavailable(ValueError):
-    """The method needs hardware this run does not have; raised before any work starts."""
+from finetune_trainer.errors import MethodUnavailable
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from finetune_operator import api
 
 from finetune_trainer.checkpoints import checkpoint_dir_name
-from finetune_trainer.layout import MethodUnavailable as MethodUnavailable  # errors.py's import
 from finetune_trainer.layout import WorkerLayout
 from finetune_trainer.upload import s3_endpoint
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
+from finetune_operator.errors import UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import cluster, layout, ray_train, tracker
@@ -25,6 +26,7 @@ from finetune_trainer.history import HISTORY, append_history, read_history, trun
 from finetune_trainer.model_card import MODEL_CARD, model_card
 from finetune_trainer.progress_server import ProgressBoard, final_result, serving
 from finetune_trainer.reports import LOSS_PLOT, METRICS, plot_loss, throughput, write_metrics
+from finetune_trainer.storage import local_errors
 from finetune_trainer.upload import upload_dir
 
 if TYPE_CHECKING:
@@ -79,15 +81,13 @@ class RunData:
 
 def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     """Run the job in `job_path`; 0 on success, 2 on bad input, 130 when interrupted."""
-    from finetune_trainer.errors import USER_ERRORS
-
     try:
         return _run(job_path, output=output, workers=workers)
     except InvalidSpec as error:
         for problem in error.problems:  # each already reads "FILE: spec.path: reason"
             print(f"finetune run: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except USER_ERRORS as error:
+    except UserError as error:  # anything else is a bug and keeps its traceback
         print(f"finetune run: {job_path}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -206,9 +206,10 @@ def publish(
     out = plan.out.local_dir
     history = read_history(out / HISTORY)
     metrics = final_metrics | {"resumed_from_step": resumed_from_step} | throughput(history)
-    write_metrics(out / METRICS, metrics)
-    plot_loss(history, out / LOSS_PLOT)
-    (out / MODEL_CARD).write_text(model_card(plan.job, metrics, data.report))
+    with local_errors(out):  # a full disk or a read-only folder names the path
+        write_metrics(out / METRICS, metrics)
+        plot_loss(history, out / LOSS_PLOT)
+        (out / MODEL_CARD).write_text(model_card(plan.job, metrics, data.report))
     if plan.out.remote:
         upload_dir(out, plan.out.uri)
     board.finished(final_result(plan.out.uri, metrics))

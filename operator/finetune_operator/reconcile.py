@@ -16,7 +16,7 @@ import aiohttp
 import kopf
 import yaml
 
-from finetune_operator import api, builders, naming, timeutil
+from finetune_operator import api, builders, kuberay, naming, timeutil
 from finetune_operator.api import Phase
 from finetune_operator.context import Context
 from finetune_operator.events import post_event
@@ -339,11 +339,7 @@ async def _sync_suspend(
     context: Context, body: Mapping[str, Any], rayjob: Mapping[str, Any], wanted: bool
 ) -> None:
     """Make the RayJob's spec.suspend follow spec.runPolicy.suspend while it is unfinished."""
-    deployment = (rayjob.get("status") or {}).get("jobDeploymentStatus") or ""
-    if bool((rayjob.get("spec") or {}).get("suspend")) == wanted or deployment in (
-        "Complete",
-        "Failed",
-    ):
+    if bool((rayjob.get("spec") or {}).get("suspend")) == wanted or kuberay.is_terminal(rayjob):
         return
     metadata = rayjob["metadata"]
     path = rayjob_path(metadata.get("namespace") or "default", metadata["name"])

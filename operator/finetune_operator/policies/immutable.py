@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from finetune_operator import api
+from finetune_operator import api, kuberay
 from finetune_operator.api import Phase
+from finetune_operator.kuberay import JobDeploymentStatus
 
 
 def refused_changes(
@@ -32,6 +33,8 @@ def changed_fields(
 
 def can_apply_now(rayjob: Mapping[str, Any]) -> bool:
     """A suspended RayJob runs no pods: a changed spec can replace the one it carries."""
-    deployment = (rayjob.get("status") or {}).get("jobDeploymentStatus") or ""
+    deployment = kuberay.deployment_status(rayjob.get("status"))
     suspended = bool((rayjob.get("spec") or {}).get("suspend"))
-    return deployment == "Suspended" or (deployment in ("", "New") and suspended)
+    return deployment is JobDeploymentStatus.SUSPENDED or (
+        deployment is JobDeploymentStatus.NEW and suspended
+    )

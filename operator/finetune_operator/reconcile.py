@@ -14,13 +14,18 @@ from typing import Any
 
 import aiohttp
 import kopf
-import yaml
 
-from finetune_operator import api, builders, kuberay, naming, timeutil
+from finetune_operator import api, children, kuberay, timeutil
 from finetune_operator.api import Phase
+from finetune_operator.children import (
+    NameConflict,
+    PredecessorPending,
+    job_path,
+    rayjob_path,
+)
 from finetune_operator.context import Context
 from finetune_operator.events import post_event
-from finetune_operator.kube import ApiError, KubeClient, object_path
+from finetune_operator.kube import ApiError
 from finetune_operator.phases import Observation, attempts_from_rayjob, phase_from_rayjob
 from finetune_operator.policies import deadline, immutable, suspend, ttl
 from finetune_operator.status import current_phase, status_update
@@ -35,18 +40,6 @@ KUBERAY_MISSING = (
 )
 
 
-def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-    return object_path(api.GROUP, api.VERSION, api.PLURAL, namespace, name, subresource)
-
-
-def rayjob_path(namespace: str, name: str | None = None) -> str:
-    return object_path("ray.io", "v1", "rayjobs", namespace, name)
-
-
-def configmap_path(namespace: str, name: str | None = None) -> str:
-    return object_path("", "v1", "configmaps", namespace, name)
-
-
 def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
     """What validation sees of a stored job: kind, identity and spec (no status, no
     annotations, which kopf rewrites and which would defeat the parse cache)."""
@@ -57,14 +50,6 @@ def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {k: metadata[k] for k in ("name", "namespace", "uid") if k in metadata},
         "spec": body.get("spec"),
     }
-
-
-class NameConflict(Exception):
-    """A child's name is taken by an object this job does not own."""
-
-
-class PredecessorPending(Exception):
-    """A child's name is still held by the child of an earlier job of the same name."""
 
 
 def wake_later(context: Context, namespace: str, name: str, delay: float) -> None:
@@ -170,17 +155,8 @@ async def _ensure_children(
     context: Context, body: dict[str, Any], job: api.FineTuneJob
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ConfigMap and the RayJob, found or created; a foreign namesake fails the job."""
-    namespace = job.metadata.namespace or "default"
     try:
-        configmap = await ensure_child(
-            context.client, configmap_path(namespace), builders.build_configmap(job), job
-        )
-        rayjob = await ensure_child(
-            context.client,
-            rayjob_path(namespace),
-            builders.build_rayjob(job, context.settings),
-            job,
-        )
+        return await children.ensure_children(context.client, job, context.settings)
     except NameConflict as conflict:
         await _write(context, body, Observation(Phase.FAILED, "NameConflict", str(conflict)))
         raise kopf.PermanentError(str(conflict)) from conflict
@@ -189,7 +165,6 @@ async def _ensure_children(
             context, body, Observation(Phase.PENDING, "PreviousJobTerminating", str(waiting))
         )
         raise kopf.TemporaryError(str(waiting), delay=context.settings.retry_seconds) from waiting
-    return configmap, rayjob
 
 
 async def _observe(
@@ -228,8 +203,7 @@ async def _spec_in_effect(
     An edit since the children were built takes effect only while the RayJob is suspended;
     otherwise it is refused, not acted on, and its generation is not observed.
     """
-    carried = yaml.safe_load(configmap.get("data", {}).get(naming.SPEC_KEY) or "{}") or {}
-    changed = immutable.changed_fields(carried.get("spec"), job.spec.to_wire())
+    changed = immutable.changed_fields(children.carried_spec(configmap), job.spec.to_wire())
     if not changed:
         return rayjob, True
     if observation.phase.is_terminal() or not immutable.can_apply_now(rayjob):
@@ -257,16 +231,7 @@ async def _apply_spec(
     context: Context, body: Mapping[str, Any], job: api.FineTuneJob, changed: list[str]
 ) -> dict[str, Any]:
     """Rewrite the ConfigMap and the suspended RayJob from the edited spec."""
-    namespace = job.metadata.namespace or "default"
-    configmap = builders.build_configmap(job)
-    rayjob = builders.build_rayjob(job, context.settings)
-    await context.client.merge_patch(
-        configmap_path(namespace, configmap["metadata"]["name"]), {"data": configmap["data"]}
-    )
-    patch = {"metadata": {"labels": rayjob["metadata"]["labels"]}, "spec": rayjob["spec"]}
-    updated = await context.client.merge_patch(
-        rayjob_path(namespace, rayjob["metadata"]["name"]), patch
-    )
+    updated = await children.rebuild_children(context.client, job, context.settings)
     await post_event(
         context.client,
         body,
@@ -276,63 +241,6 @@ async def _apply_spec(
         "new spec, used when the job resumes",
     )
     return updated
-
-
-async def ensure_child(
-    client: KubeClient, collection: str, desired: dict[str, Any], job: api.FineTuneJob
-) -> dict[str, Any]:
-    """The child as stored: found, or created now. A same-named foreign object is refused."""
-    name = desired["metadata"]["name"]
-    path = f"{collection}/{name}"
-    existing = await client.get(path)
-    if existing is None:
-        try:
-            return await client.create(collection, desired)
-        except ApiError as error:
-            if error.status != 409:
-                raise
-        existing = await client.get(path)  # created by an earlier attempt of ours, or by others
-        if existing is None:
-            raise kopf.TemporaryError(
-                f"{desired['kind']} {name} vanished after a conflict", delay=1
-            )
-    if not is_owned_by(existing, job):
-        if is_left_by_predecessor(existing, job):
-            raise PredecessorPending(
-                f"the {desired['kind']} {name} of an earlier FineTuneJob named "
-                f"{job.metadata.name} is still being deleted; this job starts once it is gone"
-            )
-        raise NameConflict(
-            f"a {desired['kind']} named {name} already exists in namespace "
-            f"{job.metadata.namespace} and is not owned by this FineTuneJob; the operator "
-            "never adopts or overwrites it: delete it or rename the FineTuneJob"
-        )
-    return existing
-
-
-def is_left_by_predecessor(obj: Mapping[str, Any], job: api.FineTuneJob) -> bool:
-    """A child of a deleted job of the same name, which the garbage collector will remove
-    (`kubectl delete` then `apply` of the same file is common)."""
-    metadata = obj.get("metadata") or {}
-    if metadata.get("deletionTimestamp"):
-        return True
-    return any(
-        ref.get("kind") == api.KIND
-        and ref.get("controller")
-        and ref.get("name") == job.metadata.name
-        for ref in metadata.get("ownerReferences") or []
-    )
-
-
-def is_owned_by(obj: Mapping[str, Any], job: api.FineTuneJob) -> bool:
-    references = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(
-        ref.get("kind") == api.KIND
-        and ref.get("controller")
-        and ref.get("uid") == (job.metadata.uid or "")
-        and ref.get("name") == job.metadata.name
-        for ref in references
-    )
 
 
 async def _sync_suspend(

@@ -1,10 +1,14 @@
 """Status through the API's models: only what changed, finished jobs stay finished, long
-messages are cut, and stored junk is left out."""
+messages are cut, stored junk is left out, and one Event per new phase or reason."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
+from finetune_operator.actions import Event
 from finetune_operator.api import Phase
+from finetune_operator.outcome import Outcome
 from finetune_operator.phases import Observation
 from finetune_operator.status import parse_status, status_patch, status_update, truncate
 
@@ -98,3 +102,52 @@ def test_status_update_ignores_stored_junk() -> None:
         "Failed",
         "Suspended",
     ]
+
+
+def outcome(stored: dict) -> Outcome:
+    return Outcome(parse_status(stored), datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+
+
+@pytest.mark.parametrize(
+    ("stored", "observation", "event"),
+    [
+        ({}, RUNNING, ("Normal", "Running", "Running: training is running")),
+        ({"phase": "Running", "reason": "Running"}, Observation(Phase.RUNNING, "RayJobFinishing", "m"),
+         ("Normal", "RayJobFinishing", "Running: m")),
+        ({}, Observation(Phase.FAILED, "AppFailed", "OOM"), ("Warning", "AppFailed", "Failed: OOM")),
+        ({}, Observation(Phase.PENDING, "KubeRayMissing", "install"), ("Warning", "KubeRayMissing", "Pending: install")),
+    ],
+)  # fmt: skip
+def test_a_new_phase_or_reason_gets_an_event_after_the_queued_ones(
+    stored, observation, event
+) -> None:
+    pass_ = outcome(stored)
+    queued = Event("Normal", "Suspending", "stopping")
+    pass_.queue(queued)
+    pass_.observe(observation)
+    events = pass_.events(pass_.patch())
+    assert events[0] == queued
+    assert [(e.type_, e.reason, e.message) for e in events[1:]] == [event]
+
+
+def test_same_phase_and_reason_posts_only_queued_events() -> None:
+    pass_ = outcome(status_update({}, RUNNING, now=NOW))
+    pass_.observe(Observation(Phase.RUNNING, "Running", "a new message"))
+    assert pass_.patch()  # the message changed
+    assert pass_.events(pass_.patch()) == []
+
+
+def test_last_observation_of_a_pass_wins() -> None:
+    pass_ = outcome({})
+    pass_.observe(RUNNING)
+    pass_.observe(Observation(Phase.FAILED, "DeadlineExceeded", "too long"))
+    assert pass_.patch()["phase"] == "Failed"
+    assert [e.reason for e in pass_.events(pass_.patch())] == ["DeadlineExceeded"]
+
+
+def test_finished_job_outcome_writes_nothing() -> None:
+    pass_ = outcome({"phase": "Succeeded", "reason": "Completed"})
+    assert pass_.finished
+    pass_.observe(RUNNING)
+    assert pass_.patch() == {}
+    assert pass_.events({}) == []

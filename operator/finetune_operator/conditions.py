@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from finetune_operator.api import ConditionType, Phase
+from finetune_operator.api import Condition, ConditionType, Phase
+
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 # Which condition is True in each phase; the others are False.
 TRUE_IN_PHASE = {
@@ -16,42 +18,50 @@ TRUE_IN_PHASE = {
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     type_: ConditionType,
-    status: str,
+    status: ConditionStatus,
     *,
     reason: str,
     message: str,
     now: str,
     generation: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """A new list with one condition set; lastTransitionTime moves only when status changes."""
-    result = [dict(c) for c in conditions]
-    current = next((c for c in result if c.get("type") == type_.value), None)
+    current = next((c for c in conditions if c.type is type_), None)
+    moved_at = now
+    if current is not None and current.status == status and current.last_transition_time:
+        moved_at = current.last_transition_time
+    kept_generation = current.observed_generation if current is not None else None
+    updated = Condition.model_validate(
+        {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": moved_at,
+            "observedGeneration": kept_generation if generation is None else generation,
+        }
+    )
     if current is None:
-        current = {"type": type_.value}
-        result.append(current)
-    if current.get("status") != status or not current.get("lastTransitionTime"):
-        current["lastTransitionTime"] = now
-    current.update(status=status, reason=reason, message=message)
-    if generation is not None:
-        current["observedGeneration"] = generation
-    return result
+        return [*conditions, updated]
+    return [updated if c is current else c for c in conditions]
 
 
 def conditions_for_phase(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     phase: Phase,
     *,
     reason: str,
     message: str,
     now: str,
     generation: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """All four conditions as they read in `phase`: the matching one True, the rest False."""
     true_type = TRUE_IN_PHASE.get(phase)
     result = conditions
     for type_ in ConditionType:
+        status: ConditionStatus
         if type_ is true_type:
             status, why, detail = "True", reason, message
         else:
@@ -59,4 +69,5 @@ def conditions_for_phase(
         result = set_condition(
             result, type_, status, reason=why, message=detail, now=now, generation=generation
         )
-    return sorted(result, key=lambda c: list(ConditionType).index(ConditionType(c["type"])))
+    order = list(ConditionType)
+    return sorted(result, key=lambda c: order.index(c.type))

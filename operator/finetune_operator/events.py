@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from finetune_operator import timeutil
+from finetune_operator.actions import Event
 from finetune_operator.kube import ApiError, KubeClient, object_path
 
 COMPONENT = "finetune-operator"
@@ -46,20 +47,18 @@ def build_event(
     }
 
 
-async def post_event(
-    client: KubeClient, job: Mapping[str, Any], *, type_: str, reason: str, message: str
-) -> None:
+async def post_event(client: KubeClient, job: Mapping[str, Any], event: Event) -> None:
     """Post an Event; a failure is logged, never fatal (Events are best effort in Kubernetes)."""
-    event = build_event(
+    body = build_event(
         job,
-        type_=type_,
-        reason=reason,
-        message=message,
+        type_=event.type_,
+        reason=event.reason,
+        message=event.message,
         now=timeutil.format_time(timeutil.now()),
         instance=socket.gethostname(),
     )
-    path = object_path("", "v1", "events", event["metadata"]["namespace"])
+    path = object_path("", "v1", "events", body["metadata"]["namespace"])
     try:
-        await client.create(path, event)
+        await client.create(path, body)
     except (ApiError, aiohttp.ClientError, TimeoutError) as error:
-        logger.warning("could not post the %s event %s: %s", type_, reason, error)
+        logger.warning("could not post the %s event %s: %s", event.type_, event.reason, error)

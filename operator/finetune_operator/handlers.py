@@ -13,7 +13,7 @@ from finetune_operator.events import post_event
 from finetune_operator.kube import Login
 from finetune_operator.policies import immutable
 from finetune_operator.reconcile import manifest_of, reconcile, reconcile_quietly
-from finetune_operator.status import current_phase
+from finetune_operator.status import parse_status
 from finetune_operator.validation import InvalidSpec
 
 RAYJOBS = ("ray.io", "v1", "rayjobs")
@@ -58,23 +58,9 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
         **_: Any,
     ) -> None:
         problems = invalid_spec_problems(context, body)
-        if problems and status.get("rayJobName"):
-            await post_event(
-                context.client, dict(body), type_="Warning", reason="SpecChangeRefused",
-                message=f"the edited spec is invalid and has no effect: {problems}",
-            )  # fmt: skip
-        refused = immutable.refused_changes(old, new, current_phase(status))
-        if refused and not problems:
-            message = (
-                f"{', '.join(refused)} cannot change while the job is "
-                f"{status.get('phase')}; only spec.runPolicy can. The change has no effect: "
-                "suspend the job first, or create a new FineTuneJob"
-            )
-            logger.warning(message)
-            await post_event(
-                context.client, dict(body), type_="Warning", reason="SpecChangeRefused",
-                message=message,
-            )  # fmt: skip
+        for event in immutable.edit_events(old, new, parse_status(status), problems):
+            logger.warning(event.message)
+            await post_event(context.client, dict(body), event)
         await reconcile(context, namespace or "default", name)
 
     @kopf.on.event(

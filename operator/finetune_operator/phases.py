@@ -13,7 +13,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from finetune_operator import kuberay
 from finetune_operator.api import Phase
+from finetune_operator.kuberay import JobDeploymentStatus as Deployment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,57 +27,52 @@ class Observation:
     message: str
 
 
-DEPLOYMENT_TERMINAL = ("Complete", "Failed", "ValidationFailed")
-STARTING = ("", "New", "Validated", "Waiting", "Initializing")
-RAY_FAILED = ("FAILED", "STOPPED")
-
-
-def is_deployment_terminal(deployment: str) -> bool:
-    return deployment in DEPLOYMENT_TERMINAL
-
-
 def phase_from_rayjob(status: Mapping[str, Any] | None) -> Observation:
     """The FineTuneJob's phase, reason and message for one RayJob status."""
     status = status or {}
-    deployment = str(status.get("jobDeploymentStatus") or "")
-    ray = str(status.get("jobStatus") or "")
+    deployment = kuberay.deployment_status(status)
+    ray = kuberay.job_status(status)
+    ray_text = str(status.get("jobStatus") or "")
     message = str(status.get("message") or "")
     reason = str(status.get("reason") or "")
+    ray_failed = ray is not None and ray.ended_unsuccessfully()
 
     match deployment:
-        case "Complete" if ray in RAY_FAILED:
+        case Deployment.COMPLETE if ray_failed:
             return Observation(
-                Phase.FAILED, reason or "AppFailed", message or f"the Ray job ended {ray}"
+                Phase.FAILED, reason or "AppFailed", message or f"the Ray job ended {ray_text}"
             )
-        case "Complete":
+        case Deployment.COMPLETE:
             return Observation(Phase.SUCCEEDED, "Completed", message or "training finished")
-        case "Failed" | "ValidationFailed":
-            default = "ValidationFailed" if deployment == "ValidationFailed" else "RayJobFailed"
-            detail = message or f"KubeRay marked the RayJob {deployment} (Ray job: {ray or 'none'})"
+        case Deployment.FAILED | Deployment.VALIDATION_FAILED:
+            ended = deployment.value
+            default = "ValidationFailed" if ended == "ValidationFailed" else "RayJobFailed"
+            detail = message or f"KubeRay marked the RayJob {ended} (Ray job: {ray_text or 'none'})"
             return Observation(Phase.FAILED, reason or default, detail)
-        case "Suspending" | "Suspended":
+        case Deployment.SUSPENDING | Deployment.SUSPENDED:
             return Observation(
                 Phase.SUSPENDED, "Suspended", message or "the Ray cluster is stopped"
             )
-        case "Retrying":
+        case Deployment.RETRYING:
             return Observation(
                 Phase.INITIALIZING,
                 "Retrying",
                 message or "an attempt failed; KubeRay starts a new Ray cluster (backoffLimit)",
             )
-        case "Running" if ray in RAY_FAILED:
+        case Deployment.RUNNING if ray_failed:
             return Observation(
                 Phase.RUNNING,
                 "RayJobFinishing",
-                message or f"the Ray job is {ray}; waiting for KubeRay to retry or fail the RayJob",
+                message
+                or f"the Ray job is {ray_text}; waiting for KubeRay to retry or fail the RayJob",
             )
-        case "Running":
+        case Deployment.RUNNING:
             return Observation(Phase.RUNNING, "Running", message or "training is running")
-        case "" if not status:
+        case Deployment.NEW if not status:
             return Observation(
                 Phase.PENDING, "RayJobCreated", "waiting for KubeRay to start the RayJob"
             )
-        case _ if deployment in STARTING:
+        case Deployment.NEW | Deployment.WAITING | Deployment.INITIALIZING:
             return Observation(
                 Phase.INITIALIZING, "Initializing", message or "the Ray cluster is starting"
             )
@@ -83,8 +80,8 @@ def phase_from_rayjob(status: Mapping[str, Any] | None) -> Observation:
             return Observation(
                 Phase.INITIALIZING,
                 "UnknownRayJobStatus",
-                f"KubeRay reports jobDeploymentStatus {deployment!r}, which this operator "
-                "does not know",
+                f"KubeRay reports jobDeploymentStatus {str(status['jobDeploymentStatus'])!r}, "
+                "which this operator does not know",
             )
 
 
@@ -93,6 +90,6 @@ def attempts_from_rayjob(status: Mapping[str, Any] | None) -> int | None:
     if not status:
         return None
     finished = int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
-    deployment = str(status.get("jobDeploymentStatus") or "")
-    under_way = 0 if is_deployment_terminal(deployment) else 1
+    deployment = kuberay.deployment_status(status)
+    under_way = 0 if deployment is not None and deployment.is_terminal() else 1
     return max(finished + under_way, 1)

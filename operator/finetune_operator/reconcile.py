@@ -1,29 +1,32 @@
-"""One reconcile pass for one FineTuneJob: read, decide, create what is missing, write status.
+"""One reconcile pass for one FineTuneJob: read, decide, act, write status once.
 
 Every kopf handler and the periodic resync call `reconcile`; it assumes at-least-once
 execution: children are looked up before they are created, a 409 from our own child counts
-as success, and status is written only when a field that matters changed.
+as success, and status is written only when a field that matters changed. The policies
+decide (see `policies/`); this module carries out what they decide.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import aiohttp
 import kopf
-import yaml
 
-from finetune_operator import api, builders, naming, timeutil
+from finetune_operator import api, children, timeutil
+from finetune_operator.actions import ApplySpec, DeleteJob, Fail, KeepSpec, WakeAt
 from finetune_operator.api import Phase
+from finetune_operator.children import NameConflict, PredecessorPending, job_path, rayjob_path
 from finetune_operator.context import Context
 from finetune_operator.events import post_event
-from finetune_operator.kube import ApiError, KubeClient, object_path
+from finetune_operator.kube import ApiError
+from finetune_operator.outcome import Outcome
 from finetune_operator.phases import Observation, attempts_from_rayjob, phase_from_rayjob
 from finetune_operator.policies import deadline, immutable, suspend, ttl
-from finetune_operator.status import current_phase, status_update
 from finetune_operator.validation import InvalidSpec
 
 logger = logging.getLogger(__name__)
@@ -33,18 +36,6 @@ KUBERAY_MISSING = (
     "KubeRay operator (v1.2 or newer, e.g. `helm install kuberay-operator "
     "kuberay/kuberay-operator`); the job starts by itself once the API is there"
 )
-
-
-def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-    return object_path(api.GROUP, api.VERSION, api.PLURAL, namespace, name, subresource)
-
-
-def rayjob_path(namespace: str, name: str | None = None) -> str:
-    return object_path("ray.io", "v1", "rayjobs", namespace, name)
-
-
-def configmap_path(namespace: str, name: str | None = None) -> str:
-    return object_path("", "v1", "configmaps", namespace, name)
 
 
 def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,14 +48,6 @@ def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {k: metadata[k] for k in ("name", "namespace", "uid") if k in metadata},
         "spec": body.get("spec"),
     }
-
-
-class NameConflict(Exception):
-    """A child's name is taken by an object this job does not own."""
-
-
-class PredecessorPending(Exception):
-    """A child's name is still held by the child of an earlier job of the same name."""
 
 
 def wake_later(context: Context, namespace: str, name: str, delay: float) -> None:
@@ -104,309 +87,147 @@ async def reconcile(context: Context, namespace: str, name: str) -> None:
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             context.forget(namespace, name)
             return
-        try:
-            await _reconcile(context, body)
-        except ApiError as error:
-            if error.status in (409, 429) or error.status >= 500:
-                raise kopf.TemporaryError(
-                    str(error), delay=context.settings.retry_seconds
-                ) from error
-            raise
+        outcome = Outcome.start(
+            body, timeutil.now(), max_message_length=context.settings.max_message_length
+        )
+        with retry_transient_errors(context.settings.retry_seconds):
+            try:
+                await _act(context, body, outcome)
+            except (kopf.TemporaryError, kopf.PermanentError):
+                await _write(context, body, outcome)  # the pass stops; what it found is kept
+                raise
+            await _write(context, body, outcome)
+            await _apply_ttl(context, body, outcome)
 
 
-async def _reconcile(context: Context, body: dict[str, Any]) -> None:
-    status = body.get("status") or {}
-    phase = current_phase(status)
-    now = timeutil.now()
-    if phase is not None and phase.is_terminal():
-        await _apply_ttl(context, body, now)
+@contextlib.contextmanager
+def retry_transient_errors(delay: float) -> Iterator[None]:
+    """An API error a later pass can get past (a race, throttling, a 5xx) asks kopf to retry."""
+    try:
+        yield
+    except ApiError as error:
+        if error.status in (409, 429) or error.status >= 500:
+            raise kopf.TemporaryError(str(error), delay=delay) from error
+        raise
+
+
+async def _act(context: Context, body: dict[str, Any], outcome: Outcome) -> None:
+    """Create what is missing and carry out the policies; record the status to write."""
+    if outcome.finished:
         return
-    job = await _parse(context, body)
+    job = await _parse(context, body, outcome)
     if job is None:
         return
     if not await context.kuberay_served():
-        await _write(context, body, Observation(Phase.PENDING, "KubeRayMissing", KUBERAY_MISSING))
+        outcome.observe(Observation(Phase.PENDING, "KubeRayMissing", KUBERAY_MISSING))
         raise kopf.TemporaryError(KUBERAY_MISSING, delay=context.settings.kuberay_retry_seconds)
-    configmap, rayjob = await _ensure_children(context, body, job)
-    await _sync_suspend(context, body, rayjob, job.spec.run_policy.suspend)
-    observation = await _observe(context, job, rayjob, status.get("startTime"), now)
-    rayjob, accepted = await _spec_in_effect(context, body, job, configmap, rayjob, observation)
-    update = await _write(
-        context,
-        body,
+    configmap, rayjob = await _ensure_children(context, job, outcome)
+    await _sync_suspend(context, rayjob, job.spec.run_policy.suspend, outcome)
+    observation = await _observe(context, job, rayjob, outcome)
+    decision = immutable.decide(children.carried_spec(configmap), job, observation.phase, rayjob)
+    if isinstance(decision, ApplySpec):
+        rayjob = await children.rebuild_children(context.client, job, context.settings)
+        outcome.queue(decision.event)
+    generation = body.get("metadata", {}).get("generation")
+    outcome.observe(
         observation,
-        generation=body.get("metadata", {}).get("generation") if accepted else None,
+        generation=None if isinstance(decision, KeepSpec) else generation,
         rayjob=rayjob,
         rayjob_name=rayjob["metadata"]["name"],
         attempts=attempts_from_rayjob(rayjob.get("status")),
     )
-    new_status = {**status, **update}
-    left = deadline.seconds_left(
-        new_status.get("startTime"), job.spec.run_policy.active_deadline_seconds, now
-    )
-    if left is not None and left > 0 and not observation.phase.is_terminal():
-        wake_later(context, job.metadata.namespace or "default", job.metadata.name, left)
-    if update.get("completionTime"):
-        await _apply_ttl(context, {**body, "status": new_status}, now)
 
 
-async def _parse(context: Context, body: dict[str, Any]) -> api.FineTuneJob | None:
+async def _parse(
+    context: Context, body: dict[str, Any], outcome: Outcome
+) -> api.FineTuneJob | None:
     """The typed job; None when its spec is invalid and that has been dealt with."""
     try:
         return context.parse(manifest_of(body))
     except InvalidSpec as error:
-        message = "; ".join(str(p) for p in error.problems)
-        rayjob_name = (body.get("status") or {}).get("rayJobName")
-        if rayjob_name:
-            # An edit broke a job that already runs: the edit is refused (the handler posts a
-            # Warning), and the job keeps following the RayJob built from its earlier spec.
-            await _follow_only(context, body, rayjob_name)
-            return None
-        await _write(context, body, Observation(Phase.FAILED, "InvalidSpec", message))
-        raise kopf.PermanentError(f"invalid spec: {message}") from error
+        problems = "; ".join(str(p) for p in error.problems)
+        decision = immutable.on_invalid_spec(outcome.stored, problems)
+        if isinstance(decision, Fail):
+            outcome.observe(decision.observation)
+            raise kopf.PermanentError(f"invalid spec: {problems}") from error
+        await _follow_rayjob(context, body, decision.name, outcome)
+        return None
+
+
+async def _follow_rayjob(
+    context: Context, body: Mapping[str, Any], rayjob_name: str, outcome: Outcome
+) -> None:
+    """Mirror the RayJob's status alone, for a job whose current spec cannot be used."""
+    namespace = body["metadata"].get("namespace") or "default"
+    rayjob = await context.client.get(rayjob_path(namespace, rayjob_name))
+    if rayjob is None:
+        return
+    observation = phase_from_rayjob(rayjob.get("status"))
+    outcome.observe(observation, rayjob=rayjob, attempts=attempts_from_rayjob(rayjob.get("status")))
 
 
 async def _ensure_children(
-    context: Context, body: dict[str, Any], job: api.FineTuneJob
+    context: Context, job: api.FineTuneJob, outcome: Outcome
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ConfigMap and the RayJob, found or created; a foreign namesake fails the job."""
-    namespace = job.metadata.namespace or "default"
     try:
-        configmap = await ensure_child(
-            context.client, configmap_path(namespace), builders.build_configmap(job), job
-        )
-        rayjob = await ensure_child(
-            context.client,
-            rayjob_path(namespace),
-            builders.build_rayjob(job, context.settings),
-            job,
-        )
+        return await children.ensure_children(context.client, job, context.settings)
     except NameConflict as conflict:
-        await _write(context, body, Observation(Phase.FAILED, "NameConflict", str(conflict)))
+        outcome.observe(Observation(Phase.FAILED, "NameConflict", str(conflict)))
         raise kopf.PermanentError(str(conflict)) from conflict
     except PredecessorPending as waiting:
-        await _write(
-            context, body, Observation(Phase.PENDING, "PreviousJobTerminating", str(waiting))
-        )
+        outcome.observe(Observation(Phase.PENDING, "PreviousJobTerminating", str(waiting)))
         raise kopf.TemporaryError(str(waiting), delay=context.settings.retry_seconds) from waiting
-    return configmap, rayjob
+
+
+async def _sync_suspend(
+    context: Context, rayjob: Mapping[str, Any], wanted: bool, outcome: Outcome
+) -> None:
+    action = suspend.decide(rayjob, wanted)
+    if action is not None:
+        await context.client.merge_patch(children.path_of_rayjob(rayjob), action.patch)
+        outcome.queue(action.event)
 
 
 async def _observe(
-    context: Context,
-    job: api.FineTuneJob,
-    rayjob: dict[str, Any],
-    start_time: str | None,
-    now: Any,
+    context: Context, job: api.FineTuneJob, rayjob: dict[str, Any], outcome: Outcome
 ) -> Observation:
     """The job's phase from its RayJob, with the suspend and deadline policies applied."""
     policy = job.spec.run_policy
     observation = suspend.apply_suspend(
         phase_from_rayjob(rayjob.get("status")), suspend=policy.suspend
     )
-    left = deadline.seconds_left(start_time, policy.active_deadline_seconds, now)
-    if policy.active_deadline_seconds is None or left is None or left > 0:
-        return observation
-    if observation.phase.is_terminal():
-        return observation
-    # Stop the Ray cluster now rather than wait for KubeRay's own clock.
-    namespace = job.metadata.namespace or "default"
-    await context.client.delete(rayjob_path(namespace, rayjob["metadata"]["name"]))
-    return deadline.deadline_observation(policy.active_deadline_seconds)
+    # The deadline counts from the startTime this observation gives the job.
+    outcome.observe(observation, rayjob=rayjob)
+    action = deadline.decide(policy.active_deadline_seconds, outcome.status, outcome.now)
+    if isinstance(action, WakeAt):
+        wake_later(context, job.metadata.namespace or "default", job.metadata.name, action.seconds)
+    if isinstance(action, Fail):
+        # Stop the Ray cluster now rather than wait for KubeRay's own clock.
+        await context.client.delete(children.path_of_rayjob(rayjob))
+        return action.observation
+    return observation
 
 
-async def _spec_in_effect(
-    context: Context,
-    body: dict[str, Any],
-    job: api.FineTuneJob,
-    configmap: dict[str, Any],
-    rayjob: dict[str, Any],
-    observation: Observation,
-) -> tuple[dict[str, Any], bool]:
-    """The RayJob, and whether the job's current spec is the one its children carry.
-
-    An edit since the children were built takes effect only while the RayJob is suspended;
-    otherwise it is refused, not acted on, and its generation is not observed.
-    """
-    carried = yaml.safe_load(configmap.get("data", {}).get(naming.SPEC_KEY) or "{}") or {}
-    changed = immutable.changed_fields(carried.get("spec"), job.spec.to_wire())
-    if not changed:
-        return rayjob, True
-    if observation.phase.is_terminal() or not immutable.can_apply_now(rayjob):
-        return rayjob, False
-    return await _apply_spec(context, body, job, changed), True
+async def _write(context: Context, body: Mapping[str, Any], outcome: Outcome) -> None:
+    """The pass's one status write, then its Events in the order they were queued."""
+    patch = outcome.patch()
+    if patch:
+        metadata = body["metadata"]
+        path = job_path(metadata.get("namespace") or "default", metadata["name"], "status")
+        await context.client.merge_patch(path, {"status": patch})
+    for event in outcome.events(patch):
+        await post_event(context.client, body, event)
 
 
-async def _follow_only(context: Context, body: Mapping[str, Any], rayjob_name: str) -> None:
-    """Mirror the RayJob's status alone, for a job whose current spec cannot be used."""
-    namespace = body["metadata"].get("namespace") or "default"
-    rayjob = await context.client.get(rayjob_path(namespace, rayjob_name))
-    if rayjob is None:
-        return
-    rayjob_status = rayjob.get("status") or {}
-    await _write(
-        context,
-        body,
-        phase_from_rayjob(rayjob_status),
-        rayjob=rayjob,
-        attempts=attempts_from_rayjob(rayjob_status),
-    )
-
-
-async def _apply_spec(
-    context: Context, body: Mapping[str, Any], job: api.FineTuneJob, changed: list[str]
-) -> dict[str, Any]:
-    """Rewrite the ConfigMap and the suspended RayJob from the edited spec."""
-    namespace = job.metadata.namespace or "default"
-    configmap = builders.build_configmap(job)
-    rayjob = builders.build_rayjob(job, context.settings)
-    await context.client.merge_patch(
-        configmap_path(namespace, configmap["metadata"]["name"]), {"data": configmap["data"]}
-    )
-    patch = {"metadata": {"labels": rayjob["metadata"]["labels"]}, "spec": rayjob["spec"]}
-    updated = await context.client.merge_patch(
-        rayjob_path(namespace, rayjob["metadata"]["name"]), patch
-    )
-    await post_event(
-        context.client,
-        body,
-        type_="Normal",
-        reason="SpecApplied",
-        message=f"{', '.join(changed)} changed while suspended: the RayJob now carries the "
-        "new spec, used when the job resumes",
-    )
-    return updated
-
-
-async def ensure_child(
-    client: KubeClient, collection: str, desired: dict[str, Any], job: api.FineTuneJob
-) -> dict[str, Any]:
-    """The child as stored: found, or created now. A same-named foreign object is refused."""
-    name = desired["metadata"]["name"]
-    path = f"{collection}/{name}"
-    existing = await client.get(path)
-    if existing is None:
-        try:
-            return await client.create(collection, desired)
-        except ApiError as error:
-            if error.status != 409:
-                raise
-        existing = await client.get(path)  # created by an earlier attempt of ours, or by others
-        if existing is None:
-            raise kopf.TemporaryError(
-                f"{desired['kind']} {name} vanished after a conflict", delay=1
-            )
-    if not is_owned_by(existing, job):
-        if is_left_by_predecessor(existing, job):
-            raise PredecessorPending(
-                f"the {desired['kind']} {name} of an earlier FineTuneJob named "
-                f"{job.metadata.name} is still being deleted; this job starts once it is gone"
-            )
-        raise NameConflict(
-            f"a {desired['kind']} named {name} already exists in namespace "
-            f"{job.metadata.namespace} and is not owned by this FineTuneJob; the operator "
-            "never adopts or overwrites it: delete it or rename the FineTuneJob"
-        )
-    return existing
-
-
-def is_left_by_predecessor(obj: Mapping[str, Any], job: api.FineTuneJob) -> bool:
-    """A child of a deleted job of the same name, which the garbage collector will remove
-    (`kubectl delete` then `apply` of the same file is common)."""
-    metadata = obj.get("metadata") or {}
-    if metadata.get("deletionTimestamp"):
-        return True
-    return any(
-        ref.get("kind") == api.KIND
-        and ref.get("controller")
-        and ref.get("name") == job.metadata.name
-        for ref in metadata.get("ownerReferences") or []
-    )
-
-
-def is_owned_by(obj: Mapping[str, Any], job: api.FineTuneJob) -> bool:
-    references = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(
-        ref.get("kind") == api.KIND
-        and ref.get("controller")
-        and ref.get("uid") == (job.metadata.uid or "")
-        and ref.get("name") == job.metadata.name
-        for ref in references
-    )
-
-
-async def _sync_suspend(
-    context: Context, body: Mapping[str, Any], rayjob: Mapping[str, Any], wanted: bool
-) -> None:
-    """Make the RayJob's spec.suspend follow spec.runPolicy.suspend while it is unfinished."""
-    deployment = (rayjob.get("status") or {}).get("jobDeploymentStatus") or ""
-    if bool((rayjob.get("spec") or {}).get("suspend")) == wanted or deployment in (
-        "Complete",
-        "Failed",
-    ):
-        return
-    metadata = rayjob["metadata"]
-    path = rayjob_path(metadata.get("namespace") or "default", metadata["name"])
-    await context.client.merge_patch(path, {"spec": {"suspend": wanted}})
-    reason, verb = ("Suspending", "stopping") if wanted else ("Resuming", "restarting")
-    await post_event(
-        context.client,
-        body,
-        type_="Normal",
-        reason=reason,
-        message=f"spec.runPolicy.suspend is {str(wanted).lower()}: {verb} the Ray cluster",
-    )
-
-
-async def _apply_ttl(context: Context, body: Mapping[str, Any], now: Any) -> None:
-    spec = body.get("spec") or {}
-    limit = (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
-    status = body.get("status") or {}
-    left = ttl.seconds_until_deletion(status.get("completionTime"), limit, now)
-    if left is None:
-        return
+async def _apply_ttl(context: Context, body: Mapping[str, Any], outcome: Outcome) -> None:
+    """Delete a finished job whose TTL has passed (after its final status is written)."""
+    run_policy = (body.get("spec") or {}).get("runPolicy") or {}
+    action = ttl.decide(run_policy.get("ttlSecondsAfterFinished"), outcome.status, outcome.now)
     metadata = body["metadata"]
-    namespace = metadata.get("namespace") or "default"
-    if left > 0:
-        wake_later(context, namespace, metadata["name"], left)
-        return
-    # Children go with it: their ownerReferences let the garbage collector remove them.
-    if await context.client.delete(job_path(namespace, metadata["name"])):
-        logger.info(
-            "deleted %s/%s: finished %ss ago (ttlSecondsAfterFinished)",
-            namespace,
-            metadata["name"],
-            limit,
-        )
-
-
-async def _write(
-    context: Context,
-    body: Mapping[str, Any],
-    observation: Observation,
-    **fields: Any,
-) -> dict[str, Any]:
-    """Patch the status fields that changed and post an Event when the phase changed."""
-    status = body.get("status") or {}
-    update = status_update(
-        status,
-        observation,
-        now=timeutil.format_time(timeutil.now()),
-        max_message_length=context.settings.max_message_length,
-        **fields,
-    )
-    if not update:
-        return update
-    metadata = body["metadata"]
-    path = job_path(metadata.get("namespace") or "default", metadata["name"], "status")
-    await context.client.merge_patch(path, {"status": update})
-    if "phase" in update or status.get("reason") != observation.reason:
-        failed = observation.phase is Phase.FAILED or observation.reason == "KubeRayMissing"
-        await post_event(
-            context.client,
-            body,
-            type_="Warning" if failed else "Normal",
-            reason=observation.reason,
-            message=f"{observation.phase.value}: {update.get('message', observation.message)}",
-        )
-    return update
+    namespace, name = metadata.get("namespace") or "default", metadata["name"]
+    if isinstance(action, WakeAt):
+        wake_later(context, namespace, name, action.seconds)
+    elif isinstance(action, DeleteJob) and await context.client.delete(job_path(namespace, name)):
+        # Children go with it: their ownerReferences let the garbage collector remove them.
+        logger.info("deleted %s/%s: %s", namespace, name, action.why)

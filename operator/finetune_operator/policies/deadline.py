@@ -9,15 +9,24 @@ from __future__ import annotations
 import datetime
 
 from finetune_operator import timeutil
-from finetune_operator.api import Phase
+from finetune_operator.actions import Fail, WakeAt
+from finetune_operator.api import FineTuneJobStatus, Phase
 from finetune_operator.phases import Observation
 
 
-def seconds_left(
-    start_time: str | None, deadline_seconds: int | None, now: datetime.datetime
-) -> float | None:
-    """Seconds until the deadline (negative once passed); None when there is no deadline."""
-    return timeutil.seconds_left(start_time, deadline_seconds, now)
+def decide(
+    deadline_seconds: int | None, status: FineTuneJobStatus, now: datetime.datetime
+) -> Fail | WakeAt | None:
+    """For the status as this pass leaves it: fail the job once its deadline has passed, else
+    wake when it will; None when there is no deadline to watch."""
+    if status.phase is None or status.phase.is_terminal() or deadline_seconds is None:
+        return None
+    left = timeutil.seconds_left(status.start_time, deadline_seconds, now)
+    if left is None:
+        return None
+    if left > 0:
+        return WakeAt(left)
+    return Fail(deadline_observation(deadline_seconds))
 
 
 def deadline_observation(deadline_seconds: int) -> Observation:

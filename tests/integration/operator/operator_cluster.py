@@ -30,11 +30,12 @@ import yaml
 from finetune_operator.runner import run_operator
 from finetune_operator.settings import Settings
 
+from tests.factories import SHARED
 from tests.unit.operator.operator_unit_support import make_finetunejob as unit_finetunejob
 
 ROOT = Path(__file__).parents[3]
 FINETUNE_CRD = ROOT / "crds" / "finetune.io_finetunejobs.yaml"
-RAYJOB_CRD = ROOT / ".." / "shared" / "fixtures" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
+RAYJOB_CRD = SHARED / "fixtures" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
 
 FINETUNEJOBS = "finetune.io/v1alpha1/finetunejobs"
 RAYJOBS = "ray.io/v1/rayjobs"

@@ -17,8 +17,10 @@ import yaml
 from finetune_operator import api
 from finetune_operator.validation import parse_job
 
+from tests.factories import SHARED
+
 ROOT = Path(__file__).parents[3]
-KUBERAY_FIXTURES = ROOT / ".." / "shared" / "fixtures" / "kuberay-v1.7.0"
+KUBERAY_FIXTURES = SHARED / "fixtures" / "kuberay-v1.7.0"
 
 
 def make_finetunejob(name: str = "llama", **overrides: Any) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import yaml
 from finetune_operator.cli import main
 from finetune_trainer.data import DataError, prepare_records
 
-from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
-from tests.unit.data.data_helpers import arithmetic_records, make_job, make_spec
+from tests.records import FORMAT_RECORDS as RECORDS
+from tests.records import arithmetic_records
+from tests.unit.data.data_helpers import make_job, make_spec
 
 pytestmark = pytest.mark.integration
 

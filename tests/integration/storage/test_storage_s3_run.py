@@ -7,7 +7,9 @@ import json
 import pytest
 from finetune_operator.cli import main
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_chat_data, write_job
+from tests.factories import write_job
+from tests.records import write_chat_data
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,7 +10,8 @@ import torch
 from finetune_trainer.run import EXIT_INTERRUPTED, STOP_AT_STEP_ENV, run_command
 from finetune_trainer.schedule import lr_multiplier
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_job
+from tests.factories import write_job
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

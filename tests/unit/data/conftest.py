@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA
+from tests.records import QUICKSTART_DATA
 from tests.unit.data.data_helpers import make_job as _make_job
 
 

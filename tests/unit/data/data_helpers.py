@@ -1,4 +1,4 @@
-"""Helpers for the data-stage tests: job manifests, JSONL files and realistic records."""
+"""Helpers for the data-stage tests: job manifests, JSONL files, one data stage run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from finetune_operator import api
 from finetune_operator.validation import parse_job
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-QUICKSTART_DATA = REPO_ROOT / "examples" / "quickstart" / "data" / "train.jsonl"
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -52,38 +51,9 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
     return path
 
 
-def chat(question: str, answer: str, system: str | None = None) -> dict[str, Any]:
-    turns = [{"role": "system", "content": system}] if system else []
-    turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return {"messages": turns}
-
-
-def arithmetic_records(count: int, start: int = 0) -> list[dict[str, Any]]:
-    """Distinct, realistic chat records."""
-    return [
-        chat(f"What is {i} plus {i + 1}?", f"{i} plus {i + 1} is {2 * i + 1}.")
-        for i in range(start, start + count)
-    ]
-
-
 def prepare_in(tmp_path: Path, train: list[Any], **overrides: Any):
     """Write train.jsonl under tmp_path and run the data stage of a job using it."""
     from finetune_trainer.data import prepare_records
 
     write_jsonl(tmp_path / "train.jsonl", train)
     return prepare_records(make_spec(**overrides), base_dir=tmp_path)
-
-
-# Twenty well-formed records of each format, for the readers' tests (local and S3).
-FORMAT_RECORDS = {
-    "messages": [chat(f"Question {i}?", f"Answer number {i}.") for i in range(20)],
-    "alpaca": [
-        {"instruction": f"Double {i}.", "input": "" if i % 2 else "show work", "output": str(2 * i)}
-        for i in range(20)
-    ],
-    "text": [{"text": f"Paragraph {i} about rivers and mountains."} for i in range(20)],
-    "preference": [
-        {"prompt": f"Greet person {i}.", "chosen": f"Hello, person {i}!", "rejected": "No."}
-        for i in range(20)
-    ],
-}

@@ -8,7 +8,8 @@ import pytest
 from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.normalize import normalize_text
 
-from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, prepare_in
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import make_spec, prepare_in
 
 NO_SPLIT = {"validationSplit": 0.0}
 

@@ -7,7 +7,8 @@ import torch
 from finetune_trainer.data import build_rows, collate_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX
 
-from tests.unit.data.data_helpers import chat, make_spec
+from tests.records import chat
+from tests.unit.data.data_helpers import make_spec
 
 
 @pytest.fixture(scope="module")

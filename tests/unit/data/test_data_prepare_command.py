@@ -10,7 +10,8 @@ import pytest
 import yaml
 from finetune_operator.cli import main
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA, REPO_ROOT, write_jsonl
+from tests.records import QUICKSTART_DATA
+from tests.unit.data.data_helpers import REPO_ROOT, write_jsonl
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import random
 import torch
 from finetune_trainer.data import build_rows, collate_rows, prepare_records
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA, make_spec
+from tests.records import QUICKSTART_DATA
+from tests.unit.data.data_helpers import make_spec
 
 STEPS = 40  # about 3 s on two CPU cores; the loss falls by ~43 % (6.26 -> 3.54)
 MICRO_BATCH = 8

@@ -10,8 +10,9 @@ from finetune_trainer import storage
 from finetune_trainer.data import DataError, prepare_records
 from finetune_trainer.data.readers import HF_MIRROR_ENV
 
-from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
-from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
+from tests.records import FORMAT_RECORDS as RECORDS
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import make_spec, write_jsonl
 
 
 def spec_for(source, fmt="messages", **dataset):

@@ -7,13 +7,8 @@ import random
 import pytest
 from finetune_trainer.data import DataError, prepare_records
 
-from tests.unit.data.data_helpers import (
-    arithmetic_records,
-    chat,
-    make_spec,
-    prepare_in,
-    write_jsonl,
-)
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import make_spec, prepare_in, write_jsonl
 
 SPLITS = {"validationSplit": 0.2, "testSplit": 0.1}
 

@@ -8,7 +8,8 @@ import tracemalloc
 from finetune_trainer.data import prepare_records, write_prepared
 from finetune_trainer.data.pipeline import stream_prepared, write_report
 
-from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import make_spec, write_jsonl
 
 
 def test_streamed_files_equal_the_in_memory_result(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX, tokenize_record
 
-from tests.unit.data.data_helpers import chat, make_spec
+from tests.records import chat
+from tests.unit.data.data_helpers import make_spec
 
 
 def labelled_text(tokenizer, ids, labels) -> str:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.trainer.trainer_fixtures import job_dir, workspace  # noqa: F401 (fixtures)
 from tests.unit.trainer.trainer_helpers import make_manifest
 
 

@@ -15,7 +15,8 @@ from finetune_trainer.ray_train import (
 )
 from finetune_trainer.run import EXIT_BAD_INPUT, resolve_output, run_command
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_job
+from tests.factories import write_job
+from tests.unit.trainer.trainer_helpers import make_manifest
 
 
 @pytest.mark.parametrize(

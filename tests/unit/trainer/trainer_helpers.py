@@ -1,41 +1,9 @@
-"""Shared builders for the trainer tests: a learnable chat dataset and job manifests."""
+"""Job manifests for the trainer tests."""
 
 from __future__ import annotations
 
 import copy
-import json
-import random
-from pathlib import Path
 from typing import Any
-
-import yaml
-
-COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
-THINGS = ["apple", "car", "house", "bird", "cat", "dog", "boat", "lamp", "chair", "book"]
-
-
-def write_chat_data(path: Path, records: int, *, seed: int = 0) -> Path:
-    """Distinct templated question/answer pairs in messages format (easy to learn)."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    lines = []
-    while len(lines) < records:
-        a, b = rng.randint(0, 30), rng.randint(0, 30)
-        colour, thing = rng.choice(COLOURS), rng.choice(THINGS)
-        if rng.random() < 0.5:
-            question, answer = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
-        else:
-            question = f"The {thing} is {colour}. What colour is the {thing}?"
-            answer = f"The {thing} is {colour}."
-        if question in seen:
-            continue
-        seen.add(question)
-        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        lines.append(json.dumps({"messages": messages}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
 
 BASE_JOB: dict[str, Any] = {
     "apiVersion": "finetune.io/v1alpha1",
@@ -80,9 +48,3 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 def make_manifest(**spec_overrides: Any) -> dict[str, Any]:
     """BASE_JOB with `spec_overrides` deep-merged into its spec."""
     return deep_merge(BASE_JOB, {"spec": spec_overrides})
-
-
-def write_job(folder: Path, manifest: dict[str, Any], name: str = "job.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
-    return path

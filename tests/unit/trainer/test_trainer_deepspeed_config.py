@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.validation import parse_job
 from finetune_trainer.deepspeed_config import (
     BatchSizeError,
     build_deepspeed_config,
@@ -11,7 +10,7 @@ from finetune_trainer.deepspeed_config import (
     resolve_precision,
 )
 
-from tests.unit.trainer.trainer_helpers import make_manifest
+from tests.factories import MakeJob
 
 
 @pytest.mark.parametrize(
@@ -46,7 +45,7 @@ def test_unachievable_batch_names_the_field(batch, world, micro, field):
 
 
 def spec(**overrides):
-    return parse_job(make_manifest(**overrides)).spec
+    return MakeJob.trainer().spec(**overrides).typed_spec()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_operator.validation import parse_job
 from finetune_trainer import evaluate, loop
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
@@ -16,16 +15,16 @@ from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.rows import tokenize_splits
 
-from tests.unit.trainer.trainer_helpers import make_manifest
+from tests.factories import MakeJob
 
 
 def engine_for(workspace: Path, method: str, total_steps: int):
-    spec = parse_job(make_manifest(
+    spec = MakeJob.trainer().spec(
         method={"type": method},
         hyperparameters={"batchSize": 4, "microBatchSize": 2, "learningRate": 3e-3,
                          "maxSteps": total_steps, "gradientCheckpointing": True},
         evaluation={"metrics": ["loss", "accuracy", "exact_match", "bleu", "rouge"]},
-    )).spec  # fmt: skip
+    ).typed_spec()  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
     setup = loop.WorkerSetup(
         spec=spec.to_wire(), base_dir=str(workspace), total_steps=total_steps,

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import make_job
 from tests.records import write_chat_data
-
-
-@pytest.fixture
-def job_factory():
-    return make_job
 
 
 @pytest.fixture(scope="session")

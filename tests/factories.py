@@ -157,12 +157,3 @@ def write_job(folder: Path, manifest: dict[str, Any], name: str = "job.yaml") ->
     path = folder / name
     path.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
     return path
-
-
-# Until every test builds its job with MakeJob.
-VALID_JOB: dict[str, Any] = MakeJob().obj()
-
-
-def make_job(**fields: Any) -> dict[str, Any]:
-    """A valid FineTuneJob manifest with `spec__x__y=value` or `**{"spec.x.y": value}` set."""
-    return MakeJob().set_all({key.replace("__", "."): value for key, value in fields.items()}).obj()

@@ -31,7 +31,6 @@ from finetune_operator.runner import run_operator
 from finetune_operator.settings import Settings
 
 from tests.factories import SHARED
-from tests.unit.operator.operator_unit_support import make_finetunejob as unit_finetunejob
 
 ROOT = Path(__file__).parents[3]
 FINETUNE_CRD = ROOT / "crds" / "finetune.io_finetunejobs.yaml"
@@ -49,15 +48,6 @@ TEST_SETTINGS = Settings(
     kuberay_retry_seconds=0.5,
     retry_seconds=0.3,
 )
-
-
-def make_finetunejob(name: str, **overrides: Any) -> dict[str, Any]:
-    """A valid FineTuneJob as the API server stores it (uid, generation, creation time)."""
-    job = unit_finetunejob(name, **overrides)
-    job["metadata"].update(
-        namespace=NAMESPACE, generation=1, creationTimestamp="2026-01-01T00:00:00Z"
-    )
-    return job
 
 
 def load_crd(path: Path) -> dict[str, Any]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,7 +11,6 @@ from tests.integration.operator.operator_cluster import (
     Cluster,
     RunningOperator,
     emulated_cluster,
-    make_finetunejob,
 )
 
 
@@ -28,9 +26,3 @@ async def operator(cluster: Cluster) -> AsyncIterator[RunningOperator]:
     await running.start()
     yield running
     await running.stop()
-
-
-@pytest.fixture
-def finetunejob_factory() -> Callable[..., dict[str, Any]]:
-    """make_finetunejob(name, section__field=value, ...): a valid manifest as stored."""
-    return make_finetunejob

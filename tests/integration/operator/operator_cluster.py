@@ -30,11 +30,11 @@ import yaml
 from finetune_operator.runner import run_operator
 from finetune_operator.settings import Settings
 
-from tests.unit.operator.operator_unit_support import make_finetunejob as unit_finetunejob
+from tests.factories import SHARED
 
 ROOT = Path(__file__).parents[3]
 FINETUNE_CRD = ROOT / "crds" / "finetune.io_finetunejobs.yaml"
-RAYJOB_CRD = ROOT / ".." / "shared" / "fixtures" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
+RAYJOB_CRD = SHARED / "fixtures" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
 
 FINETUNEJOBS = "finetune.io/v1alpha1/finetunejobs"
 RAYJOBS = "ray.io/v1/rayjobs"
@@ -48,15 +48,6 @@ TEST_SETTINGS = Settings(
     kuberay_retry_seconds=0.5,
     retry_seconds=0.3,
 )
-
-
-def make_finetunejob(name: str, **overrides: Any) -> dict[str, Any]:
-    """A valid FineTuneJob as the API server stores it (uid, generation, creation time)."""
-    job = unit_finetunejob(name, **overrides)
-    job["metadata"].update(
-        namespace=NAMESPACE, generation=1, creationTimestamp="2026-01-01T00:00:00Z"
-    )
-    return job
 
 
 def load_crd(path: Path) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from aiohttp import web
 from finetune_operator.kube import ApiError, KubeClient, object_path
 
 from tests.certificates import Certificates, make_certificates
-from tests.integration.operator.operator_cluster import Cluster, free_port, make_finetunejob
+from tests.factories import MakeJob
+from tests.integration.operator.operator_cluster import NAMESPACE, Cluster, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ async def test_create_returns_the_object_and_a_second_create_is_a_409(client: Ku
 
 
 async def test_merge_patch_on_the_status_subresource(client: KubeClient, cluster: Cluster) -> None:
-    await client.create(JOBS, make_finetunejob("llama"))
+    await client.create(JOBS, MakeJob.operator("llama", namespace=NAMESPACE).stored().obj())
     patched = await client.merge_patch(f"{JOBS}/llama/status", {"status": {"phase": "Running"}})
     assert patched["status"]["phase"] == "Running"
     await client.merge_patch(f"{JOBS}/llama/status", {"status": {"reason": "Started"}})

@@ -8,14 +8,15 @@ import time
 
 import pytest
 
+from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
+    NAMESPACE,
     RAYJOBS,
     TEST_SETTINGS,
     Cluster,
     RunningOperator,
     eventually,
-    make_finetunejob,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,7 +38,8 @@ async def burst(cluster: Cluster) -> None:
     cluster.install_kuberay()
     names = [f"burst-{i:03d}" for i in range(BURST)]
     started = time.monotonic()
-    await asyncio.gather(*(cluster.apply_job(make_finetunejob(name)) for name in names))
+    jobs = [MakeJob.operator(name, namespace=NAMESPACE).stored().obj() for name in names]
+    await asyncio.gather(*(cluster.apply_job(job) for job in jobs))
 
     def reconciled() -> bool:
         # Read without copying: the emulator shares this event loop and must not starve.

@@ -5,16 +5,27 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.integration.operator.operator_cluster import FINETUNEJOBS, RAYJOBS, Cluster, eventually
+from tests.factories import MakeJob
+from tests.integration.operator.operator_cluster import (
+    FINETUNEJOBS,
+    NAMESPACE,
+    RAYJOBS,
+    Cluster,
+    eventually,
+)
 
 pytestmark = pytest.mark.integration
 
 
-async def test_create_makes_configmap_and_rayjob(
-    cluster: Cluster, operator, finetunejob_factory
-) -> None:
+async def test_create_makes_configmap_and_rayjob(cluster: Cluster, operator) -> None:
     cluster.install_kuberay()
-    job = finetunejob_factory("llama", resources__workers=2, runPolicy__queueName="team-a")
+    job = (
+        MakeJob.operator("llama", namespace=NAMESPACE)
+        .set("spec.resources.workers", 2)
+        .set("spec.runPolicy.queueName", "team-a")
+        .stored()
+        .obj()
+    )
     await cluster.apply_job(job)
 
     rayjob = await eventually(lambda: cluster.get(RAYJOBS, "llama"), what="the RayJob")

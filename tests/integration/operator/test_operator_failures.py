@@ -9,15 +9,16 @@ import pytest
 from finetune_operator.builders import build_rayjob
 from finetune_operator.validation import parse_job
 
+from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
+    NAMESPACE,
     RAYJOBS,
     TEST_SETTINGS,
     Cluster,
     OperatorProcess,
     RunningOperator,
     eventually,
-    make_finetunejob,
 )
 
 pytestmark = pytest.mark.integration
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"dataset__train__format": "csv"}, "spec.dataset.train.format"),
-        ({"evaluation__metrics": ["bleu"]}, "spec.evaluation.metrics"),
-        ({"resources__memoryPerWorker": "lots"}, "spec.resources.memoryPerWorker"),
+        ({"spec.dataset.train.format": "csv"}, "spec.dataset.train.format"),
+        ({"spec.evaluation.metrics": ["bleu"]}, "spec.evaluation.metrics"),
+        ({"spec.resources.memoryPerWorker": "lots"}, "spec.resources.memoryPerWorker"),
     ],
     ids=["enum", "cel-rule", "pattern"],
 )
@@ -37,7 +38,9 @@ async def test_invalid_spec_fails_with_the_field_named(
 ) -> None:
     # kmock evaluates no schema or CEL, so the invalid object is stored as a lax API would.
     cluster.install_kuberay()
-    await cluster.apply_job(make_finetunejob("bad", **overrides))
+    await cluster.apply_job(
+        MakeJob.operator("bad", namespace=NAMESPACE).set_all(overrides).stored().obj()
+    )
 
     status = await eventually(lambda: cluster.status("bad").get("phase") and cluster.status("bad"))
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
@@ -52,7 +55,7 @@ async def test_invalid_spec_fails_with_the_field_named(
 
 
 async def test_waits_for_kuberay_then_proceeds_by_itself(cluster: Cluster, operator) -> None:
-    await cluster.apply_job(make_finetunejob("early"))
+    await cluster.apply_job(MakeJob.operator("early", namespace=NAMESPACE).stored().obj())
 
     status = await eventually(lambda: cluster.status("early").get("reason") == "KubeRayMissing")
     status = cluster.status("early")
@@ -77,7 +80,7 @@ async def test_same_named_foreign_rayjob_is_never_adopted(cluster: Cluster, oper
         "spec": {"entrypoint": "python theirs.py"},
     }
     await cluster.send("POST", "/apis/ray.io/v1/namespaces/default/rayjobs", foreign)
-    await cluster.apply_job(make_finetunejob("taken"))
+    await cluster.apply_job(MakeJob.operator("taken", namespace=NAMESPACE).stored().obj())
 
     status = await eventually(lambda: cluster.status("taken").get("phase") == "Failed")
     status = cluster.status("taken")
@@ -98,7 +101,7 @@ async def test_503_after_the_create_was_stored_makes_one_rayjob(cluster: Cluster
         return kmock.KubernetesError(503, "ServiceUnavailable", "etcd is slow")
 
     cluster.emulator[kmock.method.POST, kmock.resource(RAYJOBS)] << unavailable_once
-    await cluster.apply_job(make_finetunejob("flaky"))
+    await cluster.apply_job(MakeJob.operator("flaky", namespace=NAMESPACE).stored().obj())
 
     await eventually(lambda: cluster.status("flaky").get("rayJobName"), what="recovery")
     assert answered == [True]
@@ -122,7 +125,7 @@ async def test_killed_mid_handler_then_restarted_makes_no_duplicate(
     cluster.emulator[kmock.method.POST, kmock.resource(RAYJOBS)] << kill_while_creating
     await first.start()
     try:
-        await cluster.apply_job(make_finetunejob("restart"))
+        await cluster.apply_job(MakeJob.operator("restart", namespace=NAMESPACE).stored().obj())
         await eventually(lambda: killed, timeout=15, what="the kill")
         assert cluster.get(RAYJOBS, "restart") is not None
         assert not cluster.status("restart").get("rayJobName")
@@ -140,7 +143,7 @@ async def test_restart_keeps_status_and_children(cluster: Cluster) -> None:
     cluster.install_kuberay()
     first = RunningOperator(cluster, TEST_SETTINGS)
     await first.start()
-    await cluster.apply_job(make_finetunejob("steady"))
+    await cluster.apply_job(MakeJob.operator("steady", namespace=NAMESPACE).stored().obj())
     await eventually(lambda: cluster.status("steady").get("rayJobName"))
     await cluster.set_rayjob_status("steady", jobDeploymentStatus="Running", jobStatus="RUNNING")
     await eventually(lambda: cluster.status("steady").get("phase") == "Running")
@@ -175,7 +178,7 @@ async def test_rayjob_of_a_deleted_namesake_is_waited_for(cluster: Cluster, oper
         "spec": {"entrypoint": "finetune run /etc/finetune/job.yaml"},
     }  # fmt: skip
     await cluster.send("POST", "/apis/ray.io/v1/namespaces/default/rayjobs", leftover)
-    job = make_finetunejob("again")
+    job = MakeJob.operator("again", namespace=NAMESPACE).stored().obj()
     await cluster.apply_job(job)
 
     await eventually(lambda: cluster.status("again").get("reason") == "PreviousJobTerminating")
@@ -194,7 +197,7 @@ async def test_rayjob_of_a_deleted_namesake_is_waited_for(cluster: Cluster, oper
 
 async def test_409_for_our_own_rayjob_counts_as_created(cluster: Cluster, operator) -> None:
     cluster.install_kuberay()
-    job = make_finetunejob("raced")
+    job = MakeJob.operator("raced", namespace=NAMESPACE).stored().obj()
     # An earlier attempt already created the RayJob, but the lookup misses it once (a stale
     # cache or a slow replica), so the create answers 409 Conflict.
     ours = build_rayjob(parse_job(job), TEST_SETTINGS)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
+    NAMESPACE,
     RAYJOBS,
     Cluster,
     OperatorProcess,
     eventually,
-    make_finetunejob,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ async def measure(cluster: Cluster, rounds: int = ROUNDS) -> dict[str, list[floa
     for index in range(rounds):
         name = f"latency-{index}"
         started = time.monotonic()
-        await cluster.apply_job(make_finetunejob(name))
+        await cluster.apply_job(MakeJob.operator(name, namespace=NAMESPACE).stored().obj())
         rayjob = await eventually(lambda name=name: cluster.get(RAYJOBS, name), interval=0.005)
         created.append(time.monotonic() - started)
         assert rayjob["spec"]["entrypoint"]

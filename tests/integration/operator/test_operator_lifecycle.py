@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
+from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
+    NAMESPACE,
     RAYJOBS,
     Cluster,
     eventually,
-    make_finetunejob,
 )
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ def true_conditions(status: dict[str, Any]) -> list[str]:
 
 async def started_job(cluster: Cluster, name: str) -> None:
     cluster.install_kuberay()
-    await cluster.apply_job(make_finetunejob(name))
+    await cluster.apply_job(MakeJob.operator(name, namespace=NAMESPACE).stored().obj())
     await eventually(lambda: cluster.status(name).get("rayJobName"), what="the RayJob")
 
 

@@ -7,20 +7,23 @@ import asyncio
 import pytest
 import yaml
 
+from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
+    NAMESPACE,
     RAYJOBS,
     Cluster,
     eventually,
-    make_finetunejob,
 )
 
 pytestmark = pytest.mark.integration
 
 
-async def running_job(cluster: Cluster, name: str, **overrides) -> None:
+async def running_job(cluster: Cluster, name: str, fields: dict | None = None) -> None:
     cluster.install_kuberay()
-    await cluster.apply_job(make_finetunejob(name, **overrides))
+    await cluster.apply_job(
+        MakeJob.operator(name, namespace=NAMESPACE).set_all(fields or {}).stored().obj()
+    )
     await eventually(lambda: cluster.status(name).get("rayJobName"), what="the RayJob")
     await cluster.set_rayjob_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING")
     await eventually(lambda: cluster.status(name).get("phase") == "Running")
@@ -52,14 +55,19 @@ async def test_suspend_and_resume(cluster: Cluster, operator) -> None:
 
 async def test_created_suspended_job_gets_a_suspended_rayjob(cluster: Cluster, operator) -> None:
     cluster.install_kuberay()
-    await cluster.apply_job(make_finetunejob("queued", runPolicy__suspend=True))
+    await cluster.apply_job(
+        MakeJob.operator("queued", namespace=NAMESPACE)
+        .set("spec.runPolicy.suspend", True)
+        .stored()
+        .obj()
+    )
     rayjob = await eventually(lambda: cluster.get(RAYJOBS, "queued"))
     assert rayjob["spec"]["suspend"] is True
     await eventually(lambda: cluster.status("queued").get("phase") == "Suspended")
 
 
 async def test_deadline_fails_the_job_and_stops_the_cluster(cluster: Cluster, operator) -> None:
-    await running_job(cluster, "slow", runPolicy__activeDeadlineSeconds=2)
+    await running_job(cluster, "slow", {"spec.runPolicy.activeDeadlineSeconds": 2})
 
     status = await eventually(
         lambda: cluster.status("slow").get("phase") == "Failed", timeout=6, what="the deadline"
@@ -71,7 +79,7 @@ async def test_deadline_fails_the_job_and_stops_the_cluster(cluster: Cluster, op
 
 
 async def test_ttl_deletes_the_finished_job(cluster: Cluster, operator) -> None:
-    await running_job(cluster, "done", runPolicy__ttlSecondsAfterFinished=1)
+    await running_job(cluster, "done", {"spec.runPolicy.ttlSecondsAfterFinished": 1})
     await cluster.set_rayjob_status("done", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
     await eventually(lambda: cluster.status("done").get("phase") == "Succeeded")
     assert cluster.get(FINETUNEJOBS, "done") is not None

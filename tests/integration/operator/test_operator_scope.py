@@ -6,14 +6,15 @@ import asyncio
 
 import pytest
 
+from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
     FINETUNEJOBS,
+    NAMESPACE,
     RAYJOBS,
     TEST_SETTINGS,
     Cluster,
     RunningOperator,
     eventually,
-    make_finetunejob,
 )
 
 pytestmark = pytest.mark.integration
@@ -25,10 +26,10 @@ async def test_namespace_flag_limits_what_the_operator_sees(cluster: Cluster) ->
     operator = RunningOperator(cluster, TEST_SETTINGS, namespaces=("team-b",))
     await operator.start()
     try:
-        ours = make_finetunejob("ours")
-        ours["metadata"]["namespace"] = "team-b"
+        ours = MakeJob.operator("ours", namespace="team-b").stored().obj()
         await cluster.apply_job(ours)
-        await cluster.apply_job(make_finetunejob("theirs"))  # in "default"
+        theirs = MakeJob.operator("theirs", namespace=NAMESPACE).stored().obj()
+        await cluster.apply_job(theirs)  # in "default"
         await eventually(lambda: cluster.get(RAYJOBS, "ours", "team-b"), what="our RayJob")
         await asyncio.sleep(TEST_SETTINGS.resync_seconds + 0.5)  # a resync has passed too
     finally:
@@ -39,7 +40,7 @@ async def test_namespace_flag_limits_what_the_operator_sees(cluster: Cluster) ->
 
 async def test_resync_catches_a_change_no_watch_reported(cluster: Cluster, operator) -> None:
     cluster.install_kuberay()
-    await cluster.apply_job(make_finetunejob("missed"))
+    await cluster.apply_job(MakeJob.operator("missed", namespace=NAMESPACE).stored().obj())
     await eventually(lambda: cluster.status("missed").get("rayJobName"))
 
     # Change the RayJob behind the API's back: no watch event, as after a dropped watch.

@@ -12,8 +12,9 @@ from finetune_operator.cli import main
 from finetune_trainer.data import prepare_records
 from finetune_trainer.errors import DataError
 
-from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
-from tests.unit.data.data_helpers import arithmetic_records, make_job, make_spec
+from tests.factories import MakeJob
+from tests.records import FORMAT_RECORDS as RECORDS
+from tests.records import arithmetic_records
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,11 @@ def jsonl(records: list) -> bytes:
 
 
 def spec_for(source: str, fmt: str = "messages"):
-    return make_spec(dataset={"train": {"source": source, "format": fmt}, "validationSplit": 0.0})
+    return (
+        MakeJob.data_stage()
+        .spec(dataset={"train": {"source": source, "format": fmt}, "validationSplit": 0.0})
+        .typed_spec()
+    )
 
 
 @pytest.mark.parametrize("fmt", sorted(RECORDS))
@@ -73,7 +78,9 @@ def test_prepare_reports_malformed_lines_by_s3_name_and_line(s3, tmp_path, capsy
     job = tmp_path / "job.yaml"
     job.write_text(
         yaml.safe_dump(
-            make_job(dataset={"train": {"source": "s3://bucket/raw/train.jsonl"}, "testSplit": 0.0})
+            MakeJob.data_stage()
+            .spec(dataset={"train": {"source": "s3://bucket/raw/train.jsonl"}, "testSplit": 0.0})
+            .obj()
         )
     )
     assert main(["prepare", str(job), "--output", str(tmp_path / "out")]) == 0
@@ -90,7 +97,9 @@ def test_prepare_reports_malformed_lines_by_s3_name_and_line(s3, tmp_path, capsy
 def prepare_fails(tmp_path, source: str, capsys) -> str:
     """Run `finetune prepare` on a job reading `source`; the one-line error it printed."""
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(make_job(dataset={"train": {"source": source}})))
+    job.write_text(
+        yaml.safe_dump(MakeJob.data_stage().spec(dataset={"train": {"source": source}}).obj())
+    )
     assert main(["prepare", str(job), "--output", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err

@@ -7,7 +7,8 @@ import json
 import pytest
 from finetune_operator.cli import main
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_chat_data, write_job
+from tests.factories import MakeJob, write_job
+from tests.records import write_chat_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,14 +27,18 @@ def test_a_run_reads_from_and_writes_to_s3(s3, s3_ray, tmp_path, monkeypatch):
         s3.put_file(str(file), f"models/tiny/{file.relative_to(model).as_posix()}")
     monkeypatch.setenv("FINETUNE_MODEL_CACHE", str(tmp_path / "model-cache"))
     monkeypatch.setenv("FINETUNE_STAGING_DIR", str(tmp_path / "staging"))
-    manifest = make_manifest(
-        model={"source": "s3://models/tiny"},
-        dataset={"train": {"source": "s3://data/chat/train.jsonl", "format": "messages"}},
-        hyperparameters={"maxSteps": 2},
-        # Only what S3 changes is under test: loss only, since generating samples is slow on CPU.
-        evaluation={"everySteps": 2, "metrics": ["loss"], "maxGenerationSamples": 1},
-        checkpointing={"everySteps": 2, "keep": 1},
-        output={"destination": "s3://out/run1"},
+    manifest = (
+        MakeJob.trainer()
+        .spec(
+            model={"source": "s3://models/tiny"},
+            dataset={"train": {"source": "s3://data/chat/train.jsonl", "format": "messages"}},
+            hyperparameters={"maxSteps": 2},
+            # Only what S3 changes is under test: loss only, since generating samples is slow on CPU.
+            evaluation={"everySteps": 2, "metrics": ["loss"], "maxGenerationSamples": 1},
+            checkpointing={"everySteps": 2, "keep": 1},
+            output={"destination": "s3://out/run1"},
+        )
+        .obj()
     )
     job = write_job(tmp_path, manifest)
 

@@ -8,7 +8,7 @@ import pytest
 from finetune_trainer.storage import fetch_to_cache
 from finetune_trainer.upload import upload_dir
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA
+from tests.records import QUICKSTART_DATA
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +91,12 @@ def test_fetching_what_is_not_there_names_the_uri(s3, tmp_path, monkeypatch):
 def test_run_reports_a_missing_s3_model_in_one_line(s3, tmp_path, capsys):
     from finetune_trainer.run import EXIT_BAD_INPUT, run_command
 
-    from tests.unit.trainer.trainer_helpers import make_manifest, write_chat_data, write_job
+    from tests.factories import MakeJob, write_job
+    from tests.records import write_chat_data
 
     s3.mkdir("models")
     write_chat_data(tmp_path / "train.jsonl", 40)
-    manifest = make_manifest(model={"source": "s3://models/absent"})
+    manifest = MakeJob.trainer().spec(model={"source": "s3://models/absent"}).obj()
     assert run_command(write_job(tmp_path, manifest), output=None, workers=1) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "s3://models/absent" in err and "Traceback" not in err

@@ -6,9 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-# The tiny model and data are shared with the trainer's unit tests.
-from tests.unit.trainer.trainer_fixtures import job_dir, workspace  # noqa: F401 (fixtures)
-
 
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:

@@ -10,7 +10,7 @@ import torch
 from finetune_trainer.run import EXIT_INTERRUPTED, STOP_AT_STEP_ENV, run_command
 from finetune_trainer.schedule import lr_multiplier
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_job
+from tests.factories import MakeJob, write_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,9 +54,13 @@ def test_lora_run_writes_every_output_and_the_adapter_reloads(local_ray, job_dir
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    manifest = make_manifest(
-        evaluation={"everySteps": 2, "metrics": ALL_METRICS, "maxGenerationSamples": 4},
-        output={"destination": "out", "mergeAdapter": True},
+    manifest = (
+        MakeJob.trainer()
+        .spec(
+            evaluation={"everySteps": 2, "metrics": ALL_METRICS, "maxGenerationSamples": 4},
+            output={"destination": "out", "mergeAdapter": True},
+        )
+        .obj()
     )
     assert run_command(write_job(job_dir, manifest), output=None, workers=None) == 0
     out = job_dir / "out"
@@ -97,7 +101,11 @@ def test_lora_run_writes_every_output_and_the_adapter_reloads(local_ray, job_dir
 def test_full_run_writes_a_loadable_model(local_ray, job_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = make_manifest(method={"type": "full"}, hyperparameters={"learningRate": 1e-3})
+    manifest = (
+        MakeJob.trainer()
+        .spec(method={"type": "full"}, hyperparameters={"learningRate": 1e-3})
+        .obj()
+    )
     assert (
         run_command(write_job(job_dir, manifest), output=job_dir / "elsewhere", workers=None) == 0
     )
@@ -118,10 +126,10 @@ def test_full_run_writes_a_loadable_model(local_ray, job_dir):
 
 
 def test_an_interrupted_run_resumes_at_its_checkpoint(local_ray, job_dir, monkeypatch):
-    manifest = make_manifest(
+    manifest = MakeJob.trainer().spec(
         hyperparameters={"maxSteps": 6}, checkpointing={"everySteps": 100, "keep": 2},
         evaluation={"everySteps": 3},
-    )  # fmt: skip
+    ).obj()  # fmt: skip
     job = write_job(job_dir, manifest)
     out = job_dir / "out"
     monkeypatch.setenv(STOP_AT_STEP_ENV, "2")  # as if Ctrl-C came during step 2

@@ -10,7 +10,7 @@ import yaml
 from finetune_operator import api, validation
 from finetune_operator.crd import openapi_schema
 
-from tests.factories import EXAMPLES, make_job
+from tests.factories import EXAMPLES, MakeJob
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +52,17 @@ SCHEMA_REJECTS = [
 
 @pytest.mark.parametrize(("path", "value"), SCHEMA_REJECTS)
 def test_schema_rejects_what_it_can_express(admission, path, value):
-    job = make_job(**{path: value})
+    job = MakeJob().set(path, value).obj()
     errors = list(admission.iter_errors(job))
     assert errors, f"the CRD schema accepted {path}={value!r}"
 
 
 def test_schema_and_models_agree_on_nullable_fields(admission):
-    job = make_job(**{"spec.hyperparameters.maxSteps": None, "spec.dataset.validation": None})
+    job = (
+        MakeJob()
+        .set_all({"spec.hyperparameters.maxSteps": None, "spec.dataset.validation": None})
+        .obj()
+    )
     admission.validate(job)
     assert validation.validate_object(job) == []
 
@@ -83,7 +87,7 @@ def test_schema_and_models_agree_on_nullable_fields(admission):
     ],
 )  # fmt: skip
 def test_each_cel_rule_fires_at_its_field(changes, field):
-    problems = validation.cel_problems(admitted(make_job(**changes)))
+    problems = validation.cel_problems(admitted(MakeJob().set_all(changes).obj()))
     assert [p.path for p in problems] == [field], problems
 
 
@@ -102,12 +106,12 @@ def test_each_cel_rule_fires_at_its_field(changes, field):
     ],
 )  # fmt: skip
 def test_cel_rules_let_consistent_specs_through(changes):
-    assert validation.cel_problems(admitted(make_job(**changes))) == []
+    assert validation.cel_problems(admitted(MakeJob().set_all(changes).obj())) == []
 
 
 def test_integer_written_for_a_number_field_is_a_double_in_cel():
     # `testSplit: 0` arrives as an int; the API server types it as a double, so must we.
-    job = admitted(make_job(**{"spec.dataset.validationSplit": 0.2}))
+    job = admitted(MakeJob().set("spec.dataset.validationSplit", 0.2).obj())
     job["spec"]["dataset"]["testSplit"] = 0
     assert validation.cel_problems(job) == []
 
@@ -132,7 +136,7 @@ def running(job: dict, phase: str = "Running") -> dict:
     ],
 )
 def test_spec_is_frozen_while_running_except_run_policy(old_phase, path, value, refused):
-    old = running(make_job(), old_phase) if old_phase else admitted(make_job())
+    old = running(MakeJob().obj(), old_phase) if old_phase else admitted(MakeJob().obj())
     new = copy.deepcopy(old)
     *parents, leaf = path.split(".")
     node = new

@@ -6,13 +6,13 @@ import pytest
 import yaml
 from finetune_operator.validation import validate_file
 
-from tests.factories import make_job
+from tests.factories import MakeJob
 
 DELETE = object()
 
 
 def mutated(changes: dict) -> dict:
-    job = make_job()
+    job = MakeJob().obj()
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = job

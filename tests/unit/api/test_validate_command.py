@@ -9,7 +9,7 @@ import pytest
 import yaml
 from finetune_operator.cli import main
 
-from tests.factories import EXAMPLES, make_job
+from tests.factories import EXAMPLES, MakeJob
 
 
 def run_validate(*files) -> tuple[int, str]:
@@ -59,16 +59,16 @@ def test_missing_file_is_reported_not_raised(tmp_path):
 
 
 def test_multi_document_files_name_the_document(tmp_path):
-    bad = make_job(**{"spec.resources.workers": 0})
-    path = write(tmp_path, "jobs.yaml", yaml.safe_dump_all([make_job(), bad]))
+    bad = MakeJob().set("spec.resources.workers", 0).obj()
+    path = write(tmp_path, "jobs.yaml", yaml.safe_dump_all([MakeJob().obj(), bad]))
     code, output = run_validate(path)
     assert code == 1
     assert f"{path}: spec.resources.workers: " in output and "(document 2)" in output
 
 
 def test_valid_and_invalid_files_together(tmp_path, capsys):
-    good = write(tmp_path, "good.yaml", yaml.safe_dump(make_job()))
-    bad = write(tmp_path, "bad.yaml", yaml.safe_dump(make_job(**{"spec.method.type": "x"})))
+    good = write(tmp_path, "good.yaml", yaml.safe_dump(MakeJob().obj()))
+    bad = write(tmp_path, "bad.yaml", yaml.safe_dump(MakeJob().set("spec.method.type", "x").obj()))
     assert main(["validate", str(good), str(bad)]) == 1
     captured = capsys.readouterr()
     assert f"{good}: valid" in captured.out
@@ -76,7 +76,11 @@ def test_valid_and_invalid_files_together(tmp_path, capsys):
 
 
 def test_every_problem_gets_its_own_line(tmp_path):
-    job = make_job(**{"spec.resources.workers": 0, "spec.method.type": "x", "spec.typo": 1})
+    job = (
+        MakeJob()
+        .set_all({"spec.resources.workers": 0, "spec.method.type": "x", "spec.typo": 1})
+        .obj()
+    )
     code, output = run_validate(write(tmp_path, "job.yaml", yaml.safe_dump(job)))
     problem_lines = [line for line in output.splitlines() if line.strip()]
     assert code == 1 and len(problem_lines) == 3, output

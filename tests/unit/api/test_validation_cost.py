@@ -9,7 +9,7 @@ from finetune_operator import api, crd, validation
 from finetune_operator.errors import UserError
 from finetune_operator.validation import InvalidSpec, load_job_file, parse_job
 
-from tests.factories import REPO, make_job
+from tests.factories import REPO, MakeJob
 
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 
@@ -41,7 +41,7 @@ def test_the_crd_schema_is_built_once_for_every_parse(monkeypatch) -> None:
     builds = count_calls(monkeypatch, crd, "openapi_schema")
     try:
         for _ in range(3):
-            parse_job(make_job())
+            parse_job(MakeJob().obj())
         assert len(builds) == 1
     finally:
         validation._crd_schema.cache_clear()  # drop the copy the counting wrapper built

@@ -1,21 +1,13 @@
-"""Fixtures for the data stage: job factories and a tiny tokenizer/model built once."""
+"""Fixtures for the data stage: a tiny tokenizer/model built once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA
-from tests.unit.data.data_helpers import make_job as _make_job
-
-
-@pytest.fixture
-def make_job() -> Callable[..., dict[str, Any]]:
-    """Factory: make_job(**overrides) -> a valid manifest, overrides deep-merged into spec."""
-    return _make_job
+from tests.records import QUICKSTART_DATA
 
 
 @pytest.fixture(scope="session")

@@ -1,47 +1,14 @@
-"""Helpers for the data-stage tests: job manifests, JSONL files and realistic records."""
+"""Helpers for the data-stage tests: JSONL files and one data stage run."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
-from finetune_operator import api
-from finetune_operator.validation import parse_job
+from tests.factories import MakeJob
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-QUICKSTART_DATA = REPO_ROOT / "examples" / "quickstart" / "data" / "train.jsonl"
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def make_job(**overrides: Any) -> dict[str, Any]:
-    """A valid FineTuneJob manifest; keyword arguments deep-merge into spec (camelCase)."""
-    job = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": "data-test"},
-        "spec": {
-            "model": {"source": "./model"},
-            "dataset": {"train": {"source": "train.jsonl", "format": "messages"}},
-            "output": {"destination": "./out"},
-        },
-    }
-    _merge(job["spec"], copy.deepcopy(overrides))
-    return job
-
-
-def make_spec(**overrides: Any) -> api.FineTuneJobSpec:
-    """The typed spec of make_job(**overrides), validated like `finetune validate` does."""
-    return parse_job(make_job(**overrides)).spec
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:
@@ -52,38 +19,10 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
     return path
 
 
-def chat(question: str, answer: str, system: str | None = None) -> dict[str, Any]:
-    turns = [{"role": "system", "content": system}] if system else []
-    turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return {"messages": turns}
-
-
-def arithmetic_records(count: int, start: int = 0) -> list[dict[str, Any]]:
-    """Distinct, realistic chat records."""
-    return [
-        chat(f"What is {i} plus {i + 1}?", f"{i} plus {i + 1} is {2 * i + 1}.")
-        for i in range(start, start + count)
-    ]
-
-
 def prepare_in(tmp_path: Path, train: list[Any], **overrides: Any):
     """Write train.jsonl under tmp_path and run the data stage of a job using it."""
     from finetune_trainer.data import prepare_records
 
     write_jsonl(tmp_path / "train.jsonl", train)
-    return prepare_records(make_spec(**overrides), base_dir=tmp_path)
-
-
-# Twenty well-formed records of each format, for the readers' tests (local and S3).
-FORMAT_RECORDS = {
-    "messages": [chat(f"Question {i}?", f"Answer number {i}.") for i in range(20)],
-    "alpaca": [
-        {"instruction": f"Double {i}.", "input": "" if i % 2 else "show work", "output": str(2 * i)}
-        for i in range(20)
-    ],
-    "text": [{"text": f"Paragraph {i} about rivers and mountains."} for i in range(20)],
-    "preference": [
-        {"prompt": f"Greet person {i}.", "chosen": f"Hello, person {i}!", "rejected": "No."}
-        for i in range(20)
-    ],
-}
+    spec = MakeJob.data_stage().spec(**overrides).typed_spec()
+    return prepare_records(spec, base_dir=tmp_path)

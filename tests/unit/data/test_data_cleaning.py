@@ -9,7 +9,9 @@ from finetune_trainer.data import prepare_records
 from finetune_trainer.data.normalize import normalize_text
 from finetune_trainer.errors import DataError
 
-from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, prepare_in
+from tests.factories import MakeJob
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import prepare_in
 
 NO_SPLIT = {"validationSplit": 0.0}
 
@@ -68,7 +70,9 @@ def test_blank_lines_are_not_records(tmp_path):
     prepared = prepare_in(tmp_path, arithmetic_records(3), dataset=NO_SPLIT)
     text = path.read_text()
     path.write_text("\n\n" + text.replace("\n", "\n\n"))
-    again = prepare_records(make_spec(dataset=NO_SPLIT), base_dir=tmp_path)
+    again = prepare_records(
+        MakeJob.data_stage().spec(dataset=NO_SPLIT).typed_spec(), base_dir=tmp_path
+    )
     assert again.train == prepared.train and again.report["malformed"]["count"] == 0
 
 

@@ -7,7 +7,8 @@ import torch
 from finetune_trainer.data import build_rows, collate_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX
 
-from tests.unit.data.data_helpers import chat, make_spec
+from tests.factories import MakeJob
+from tests.records import chat
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,12 @@ def tiny_model(tiny_model_dir):
 
 
 def rows_for(tokenizer, records, *, packing, max_len=256):
-    dataset = make_spec(dataset={"maxSeqLength": max_len, "packing": packing}).dataset
+    dataset = (
+        MakeJob.data_stage()
+        .spec(dataset={"maxSeqLength": max_len, "packing": packing})
+        .typed_spec()
+        .dataset
+    )
     rows, _ = build_rows(records, "messages", tokenizer, dataset)
     return rows
 

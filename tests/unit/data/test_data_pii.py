@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 from finetune_trainer.data.pii import redact
 
-from tests.unit.data.data_helpers import chat, prepare_in
+from tests.records import chat
+from tests.unit.data.data_helpers import prepare_in
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 PRIVATE_KEY = (

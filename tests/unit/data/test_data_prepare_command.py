@@ -10,16 +10,18 @@ import pytest
 import yaml
 from finetune_operator.cli import main
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA, REPO_ROOT, write_jsonl
+from tests.factories import MakeJob
+from tests.records import QUICKSTART_DATA
+from tests.unit.data.data_helpers import REPO_ROOT, write_jsonl
 
 
 @pytest.fixture
-def write_job(tmp_path, make_job):
+def write_job(tmp_path):
     """Factory: write_job(**overrides) -> path of a job.yaml in tmp_path."""
 
     def write(**overrides):
         path = tmp_path / "job.yaml"
-        path.write_text(yaml.safe_dump(make_job(**overrides)))
+        path.write_text(yaml.safe_dump(MakeJob.data_stage().spec(**overrides).obj()))
         return path
 
     return write

@@ -11,7 +11,8 @@ import random
 import torch
 from finetune_trainer.data import build_rows, collate_rows, prepare_records
 
-from tests.unit.data.data_helpers import QUICKSTART_DATA, make_spec
+from tests.factories import MakeJob
+from tests.records import QUICKSTART_DATA
 
 STEPS = 40  # about 3 s on two CPU cores; the loss falls by ~43 % (6.26 -> 3.54)
 MICRO_BATCH = 8
@@ -37,12 +38,16 @@ def forward_args(batch):
 def test_quickstart_validation_loss_falls_by_a_third(tiny_model_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    spec = make_spec(
-        dataset={
-            "train": {"source": str(QUICKSTART_DATA)},
-            "maxSeqLength": 256,
-            "validationSplit": 0.1,
-        },
+    spec = (
+        MakeJob.data_stage()
+        .spec(
+            dataset={
+                "train": {"source": str(QUICKSTART_DATA)},
+                "maxSeqLength": 256,
+                "validationSplit": 0.1,
+            },
+        )
+        .typed_spec()
     )
     prepared = prepare_records(spec)
     train, _ = build_rows(prepared.train, "messages", tiny_tokenizer, spec.dataset)

@@ -11,13 +11,19 @@ from finetune_trainer.data import prepare_records
 from finetune_trainer.data.readers import HF_MIRROR_ENV
 from finetune_trainer.errors import DataError
 
-from tests.unit.data.data_helpers import FORMAT_RECORDS as RECORDS
-from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
+from tests.factories import MakeJob
+from tests.records import FORMAT_RECORDS as RECORDS
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import write_jsonl
 
 
 def spec_for(source, fmt="messages", **dataset):
-    return make_spec(
-        dataset={"train": {"source": source, "format": fmt}, "validationSplit": 0.0, **dataset}
+    return (
+        MakeJob.data_stage()
+        .spec(
+            dataset={"train": {"source": source, "format": fmt}, "validationSplit": 0.0, **dataset}
+        )
+        .typed_spec()
     )
 
 
@@ -94,11 +100,15 @@ def test_hf_dataset_saved_to_disk_in_offline_mode(tmp_path, monkeypatch, hf_offl
         }
     )
     dataset.save_to_disk(str(tmp_path / "mirror" / "acme" / "maths"))
-    spec = make_spec(
-        dataset={
-            "train": {"source": "hf://acme/maths", "format": "alpaca"},
-            "validation": {"source": "hf://acme/maths", "format": "alpaca", "split": "eval"},
-        }
+    spec = (
+        MakeJob.data_stage()
+        .spec(
+            dataset={
+                "train": {"source": "hf://acme/maths", "format": "alpaca"},
+                "validation": {"source": "hf://acme/maths", "format": "alpaca", "split": "eval"},
+            }
+        )
+        .typed_spec()
     )
     prepared = prepare_records(spec)
     assert prepared.train == RECORDS["alpaca"][:15]

@@ -8,13 +8,9 @@ import pytest
 from finetune_trainer.data import prepare_records
 from finetune_trainer.errors import DataError
 
-from tests.unit.data.data_helpers import (
-    arithmetic_records,
-    chat,
-    make_spec,
-    prepare_in,
-    write_jsonl,
-)
+from tests.factories import MakeJob
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import prepare_in, write_jsonl
 
 SPLITS = {"validationSplit": 0.2, "testSplit": 0.1}
 
@@ -46,7 +42,8 @@ def test_split_ignores_order_and_file_chunking(tmp_path):
             tmp_path / "b" / "parts" / f"part-{index:03d}.jsonl", shuffled[index : index + 70]
         )
     chunked = prepare_records(
-        make_spec(dataset={"train": {"source": "parts"}, **SPLITS}), base_dir=tmp_path / "b"
+        MakeJob.data_stage().spec(dataset={"train": {"source": "parts"}, **SPLITS}).typed_spec(),
+        base_dir=tmp_path / "b",
     )
     assert assignment(one_file) == assignment(chunked)
 

@@ -8,7 +8,9 @@ import tracemalloc
 from finetune_trainer.data import prepare_records, write_prepared
 from finetune_trainer.data.pipeline import stream_prepared, write_report
 
-from tests.unit.data.data_helpers import arithmetic_records, chat, make_spec, write_jsonl
+from tests.factories import MakeJob
+from tests.records import arithmetic_records, chat
+from tests.unit.data.data_helpers import write_jsonl
 
 
 def test_streamed_files_equal_the_in_memory_result(tmp_path):
@@ -16,12 +18,16 @@ def test_streamed_files_equal_the_in_memory_result(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", train)
     write_jsonl(tmp_path / "replay.jsonl", arithmetic_records(50, start=9000))
     write_jsonl(tmp_path / "test.jsonl", [train[5], chat("Unseen question?", "Unseen answer.")])
-    spec = make_spec(
-        dataset={
-            "validationSplit": 0.1,
-            "test": {"source": "test.jsonl"},
-            "mix": [{"source": "replay.jsonl", "weight": 0.25}],
-        }
+    spec = (
+        MakeJob.data_stage()
+        .spec(
+            dataset={
+                "validationSplit": 0.1,
+                "test": {"source": "test.jsonl"},
+                "mix": [{"source": "replay.jsonl", "weight": 0.25}],
+            }
+        )
+        .typed_spec()
     )
     in_memory = prepare_records(spec, base_dir=tmp_path)
     write_prepared(in_memory, tmp_path / "a")
@@ -51,7 +57,11 @@ def test_streaming_memory_does_not_grow_with_record_size(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", records)
     data_bytes = (tmp_path / "train.jsonl").stat().st_size
     # PII scanning is covered elsewhere and only costs time here.
-    spec = make_spec(dataset={"validationSplit": 0.1, "cleaning": {"redactPII": False}})
+    spec = (
+        MakeJob.data_stage()
+        .spec(dataset={"validationSplit": 0.1, "cleaning": {"redactPII": False}})
+        .typed_spec()
+    )
 
     tracemalloc.start()
     stream_prepared(spec, tmp_path / "out", base_dir=tmp_path)

@@ -8,7 +8,8 @@ import pytest
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.tokenize import IGNORE_INDEX, tokenize_record
 
-from tests.unit.data.data_helpers import chat, make_spec
+from tests.factories import MakeJob
+from tests.records import chat
 
 
 def labelled_text(tokenizer, ids, labels) -> str:
@@ -131,9 +132,12 @@ SHORT = chat("What is 1 plus 1?", "1 plus 1 is 2.")
     [("truncate", 2, "truncated"), ("drop", 1, "dropped"), ("chunk", None, "chunked")],
 )
 def test_overlength_policies(tiny_tokenizer, policy, expected_rows, counted):
-    dataset = make_spec(
-        dataset={"maxSeqLength": 64, "packing": False, "cleaning": {"overlength": policy}}
-    ).dataset
+    dataset = (
+        MakeJob.data_stage()
+        .spec(dataset={"maxSeqLength": 64, "packing": False, "cleaning": {"overlength": policy}})
+        .typed_spec()
+        .dataset
+    )
     rows, stats = build_rows([LONG, SHORT], "messages", tiny_tokenizer, dataset)
     full = tokenize_record(
         LONG, "messages", tiny_tokenizer, chat_template=None, train_on_prompt=False
@@ -157,9 +161,14 @@ def test_overlength_policies(tiny_tokenizer, policy, expected_rows, counted):
 
 def test_chunks_without_any_answer_tokens_are_not_kept(tiny_tokenizer):
     long_prompt = chat(" ".join(["word"] * 300), "ok")
-    dataset = make_spec(
-        dataset={"maxSeqLength": 32, "packing": False, "cleaning": {"overlength": "truncate"}}
-    ).dataset
+    dataset = (
+        MakeJob.data_stage()
+        .spec(
+            dataset={"maxSeqLength": 32, "packing": False, "cleaning": {"overlength": "truncate"}}
+        )
+        .typed_spec()
+        .dataset
+    )
     rows, stats = build_rows([long_prompt], "messages", tiny_tokenizer, dataset)
     assert rows == []
     assert stats["overlength"] == {"truncated": 0, "dropped": 1, "chunked": 0}
@@ -167,8 +176,18 @@ def test_chunks_without_any_answer_tokens_are_not_kept(tiny_tokenizer):
 
 def test_packing_fills_rows_and_restarts_positions(tiny_tokenizer):
     records = [chat(f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(40)]
-    unpacked_spec = make_spec(dataset={"maxSeqLength": 128, "packing": False}).dataset
-    packed_spec = make_spec(dataset={"maxSeqLength": 128, "packing": True}).dataset
+    unpacked_spec = (
+        MakeJob.data_stage()
+        .spec(dataset={"maxSeqLength": 128, "packing": False})
+        .typed_spec()
+        .dataset
+    )
+    packed_spec = (
+        MakeJob.data_stage()
+        .spec(dataset={"maxSeqLength": 128, "packing": True})
+        .typed_spec()
+        .dataset
+    )
     unpacked, unpacked_stats = build_rows(records, "messages", tiny_tokenizer, unpacked_spec)
     packed, packed_stats = build_rows(records, "messages", tiny_tokenizer, packed_spec)
     assert len(packed) < len(unpacked) / 3
@@ -196,15 +215,20 @@ def test_a_tokenizer_without_chat_template_needs_one_in_the_spec(tiny_model_dir)
     bare = AutoTokenizer.from_pretrained(tiny_model_dir)
     bare.chat_template = None
     with pytest.raises(DataError, match=r"spec\.dataset\.chatTemplate"):
-        build_rows([SHORT], "messages", bare, make_spec().dataset)
+        build_rows([SHORT], "messages", bare, MakeJob.data_stage().typed_spec().dataset)
     template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     rows, _ = build_rows(
-        [SHORT], "messages", bare, make_spec(dataset={"chatTemplate": template}).dataset
+        [SHORT],
+        "messages",
+        bare,
+        MakeJob.data_stage().spec(dataset={"chatTemplate": template}).typed_spec().dataset,
     )
     assert (
         bare.decode(rows[0]["input_ids"]) == "user: What is 1 plus 1?\nassistant: 1 plus 1 is 2.\n"
     )
-    text_rows, _ = build_rows([{"text": "plain"}], "text", bare, make_spec().dataset)
+    text_rows, _ = build_rows(
+        [{"text": "plain"}], "text", bare, MakeJob.data_stage().typed_spec().dataset
+    )
     assert len(text_rows) == 1
 
 
@@ -227,9 +251,18 @@ def test_token_stats_match_build_rows_without_keeping_rows(tiny_tokenizer):
 
     records = [LONG, SHORT, *(chat(f"Say {i}.", f"{i} " * (i % 30 + 1)) for i in range(60))]
     for packing in (True, False):
-        dataset = make_spec(
-            dataset={"maxSeqLength": 96, "packing": packing, "cleaning": {"overlength": "chunk"}}
-        ).dataset
+        dataset = (
+            MakeJob.data_stage()
+            .spec(
+                dataset={
+                    "maxSeqLength": 96,
+                    "packing": packing,
+                    "cleaning": {"overlength": "chunk"},
+                }
+            )
+            .typed_spec()
+            .dataset
+        )
         _, from_rows = build_rows(records, "messages", tiny_tokenizer, dataset)
         streamed = token_stats(iter(records), "messages", tiny_tokenizer, dataset)
         assert streamed == from_rows
@@ -243,7 +276,7 @@ def test_a_template_that_rejects_a_conversation_gives_a_clear_error(tiny_tokeniz
         "{{ raise_exception('System role not supported') }}{% endif %}"
         "{{ m['content'] }}{% endfor %}"
     )
-    dataset = make_spec(dataset={"chatTemplate": template}).dataset
+    dataset = MakeJob.data_stage().spec(dataset={"chatTemplate": template}).typed_spec().dataset
     record = chat("Hi?", "Hello.", system="Be brief.")
     with pytest.raises(DataError, match=r"system/user/assistant.*System role not supported"):
         build_rows([record], "messages", tiny_tokenizer, dataset)

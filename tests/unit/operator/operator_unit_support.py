@@ -1,4 +1,4 @@
-"""Helpers for the operator's unit tests: job factories and KubeRay's own RayJob schema.
+"""Helpers for the operator's unit tests: KubeRay's own RayJob schema and what it prunes.
 
 A module of its own (not conftest.py) so that tests can import it by a name no other test
 directory uses.
@@ -6,45 +6,17 @@ directory uses.
 
 from __future__ import annotations
 
-import copy
 import functools
-import uuid
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
-from finetune_operator import api
-from finetune_operator.validation import parse_job
+
+from tests.factories import SHARED
 
 ROOT = Path(__file__).parents[3]
-KUBERAY_FIXTURES = ROOT / ".." / "shared" / "fixtures" / "kuberay-v1.7.0"
-
-
-def make_finetunejob(name: str = "llama", **overrides: Any) -> dict[str, Any]:
-    """A valid FineTuneJob manifest; `section__field=value` overrides a spec field."""
-    spec: dict[str, Any] = {
-        "model": {"source": "hf://meta-llama/Llama-3.1-8B"},
-        "dataset": {"train": {"source": "s3://data/train.jsonl"}},
-        "output": {"destination": "s3://out/x"},
-    }
-    for dotted, value in overrides.items():
-        node = spec
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = copy.deepcopy(value)
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name, "namespace": "team-a", "uid": str(uuid.uuid4())},
-        "spec": spec,
-    }
-
-
-def make_job(name: str = "llama", **overrides: Any) -> api.FineTuneJob:
-    """The typed job, validated exactly as the operator validates it."""
-    return parse_job(make_finetunejob(name, **overrides))
+KUBERAY_FIXTURES = SHARED / "fixtures" / "kuberay-v1.7.0"
 
 
 @functools.cache

@@ -12,9 +12,9 @@ from finetune_operator.builders import build_configmap, build_rayjob
 from finetune_operator.settings import Settings
 from finetune_operator.validation import load_job_file
 
+from tests.factories import MakeJob
 from tests.unit.operator.operator_unit_support import (
     ROOT,
-    make_job,
     pruned_fields,
     rayjob_schema,
     schema_errors,
@@ -45,35 +45,42 @@ def pod_templates(rayjob: dict[str, Any]) -> dict[str, dict[str, Any]]:
 VARIATIONS: dict[str, list[dict[str, Any]]] = {
     "shape": [
         {},
-        {"resources__workers": 4, "resources__gpusPerWorker": 8, "hyperparameters__batchSize": 64},
-        {"resources__gpusPerWorker": 0, "resources__cpusPerWorker": 2},
+        {
+            "spec.resources.workers": 4,
+            "spec.resources.gpusPerWorker": 8,
+            "spec.hyperparameters.batchSize": 64,
+        },
+        {"spec.resources.gpusPerWorker": 0, "spec.resources.cpusPerWorker": 2},
     ],
     "storage": [
         {},
         {
-            "model__source": "pvc://models/llama",
-            "dataset__train__source": "pvc://data/train.jsonl",
-            "dataset__validation": {"source": "pvc://data/val.jsonl"},
-            "output__destination": "pvc://results/run-1",
+            "spec.model.source": "pvc://models/llama",
+            "spec.dataset.train.source": "pvc://data/train.jsonl",
+            "spec.dataset.validation": {"source": "pvc://data/val.jsonl"},
+            "spec.output.destination": "pvc://results/run-1",
         },
-        {"model__secretRef": {"name": "hf-token"}, "output__destination": "pvc://models/out"},
+        {
+            "spec.model.secretRef": {"name": "hf-token"},
+            "spec.output.destination": "pvc://models/out",
+        },
     ],
     "scheduling": [
         {},
         {
-            "resources__nodeSelector": {"gpu": "h100"},
-            "resources__tolerations": [
+            "spec.resources.nodeSelector": {"gpu": "h100"},
+            "spec.resources.tolerations": [
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                 {"key": "pool", "value": "train", "tolerationSeconds": 60, "effect": "NoExecute"},
             ],
-            "resources__priorityClassName": "high",
-            "resources__image": "registry.local/custom:2",
+            "spec.resources.priorityClassName": "high",
+            "spec.resources.image": "registry.local/custom:2",
         },
     ],
     "policy": [
         {},
-        {"runPolicy": {"suspend": True, "queueName": "team-a", "backoffLimit": 0}},
-        {"runPolicy": {"activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60}},
+        {"spec.runPolicy": {"suspend": True, "queueName": "team-a", "backoffLimit": 0}},
+        {"spec.runPolicy": {"activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60}},
     ],
 }
 COMBINATIONS = [
@@ -84,13 +91,13 @@ COMBINATIONS = [
 
 @pytest.mark.parametrize("overrides", COMBINATIONS)
 def test_every_rayjob_validates_against_kuberays_crd(overrides: dict[str, Any]) -> None:
-    rayjob = build_rayjob(make_job(**overrides), SETTINGS)
+    rayjob = build_rayjob(MakeJob.operator().set_all(overrides).typed(), SETTINGS)
     assert schema_errors(rayjob) == []
     assert pruned_fields(rayjob, rayjob_schema()) == []
 
 
 def test_pruning_checker_catches_unknown_fields() -> None:
-    rayjob = build_rayjob(make_job(), SETTINGS)
+    rayjob = build_rayjob(MakeJob.operator().typed(), SETTINGS)
     rayjob["spec"]["retries"] = 3
     rayjob["metadata"]["owner"] = "me"
     head_of(rayjob)["template"]["spec"]["containers"][0]["envFromm"] = []
@@ -106,18 +113,18 @@ def test_pruning_checker_catches_unknown_fields() -> None:
     [
         ({}, {"workers": 1, "gpus": "1", "cpu": "8", "memory": "64Gi"}),
         (
-            {"resources__workers": 3, "resources__gpusPerWorker": 4, "resources__cpusPerWorker": 16,
-             "resources__memoryPerWorker": "200Gi"},
+            {"spec.resources.workers": 3, "spec.resources.gpusPerWorker": 4, "spec.resources.cpusPerWorker": 16,
+             "spec.resources.memoryPerWorker": "200Gi"},
             {"workers": 3, "gpus": "4", "cpu": "16", "memory": "200Gi"},
         ),
         (
-            {"resources__gpusPerWorker": 0},
+            {"spec.resources.gpusPerWorker": 0},
             {"workers": 1, "gpus": None, "cpu": "8", "memory": "64Gi"},
         ),
     ],
 )  # fmt: skip
 def test_worker_group_gets_the_requested_resources(overrides, expected) -> None:
-    group = workers_of(build_rayjob(make_job(**overrides), SETTINGS))
+    group = workers_of(build_rayjob(MakeJob.operator().set_all(overrides).typed(), SETTINGS))
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == expected["workers"]
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits.get("nvidia.com/gpu") == expected["gpus"]
@@ -125,20 +132,22 @@ def test_worker_group_gets_the_requested_resources(overrides, expected) -> None:
 
 
 def test_head_runs_no_training_and_has_no_gpu() -> None:
-    head = head_of(build_rayjob(make_job(resources__gpusPerWorker=8), SETTINGS))
+    head = head_of(
+        build_rayjob(MakeJob.operator().set("spec.resources.gpusPerWorker", 8).typed(), SETTINGS)
+    )
     assert head["rayStartParams"]["num-cpus"] == "0"
     assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
 
 
 def test_contract_label_on_rayjob_and_every_pod_template() -> None:
-    rayjob = build_rayjob(make_job("my-job"), SETTINGS)
+    rayjob = build_rayjob(MakeJob.operator("my-job").typed(), SETTINGS)
     assert rayjob["metadata"]["labels"][naming.JOB_LABEL] == "my-job"
     for role, template in pod_templates(rayjob).items():
         assert template["metadata"]["labels"][naming.JOB_LABEL] == "my-job", role
 
 
 def test_children_are_owned_by_the_job_and_named_from_it() -> None:
-    job = make_job("my-job")
+    job = MakeJob.operator("my-job").typed()
     for child, name in [
         (build_rayjob(job, SETTINGS), "my-job"),
         (build_configmap(job), "my-job-spec"),
@@ -157,13 +166,15 @@ def test_children_are_owned_by_the_job_and_named_from_it() -> None:
 
 
 def test_builders_are_deterministic() -> None:
-    job = make_job(model__secretRef={"name": "s"}, output__destination="pvc://out/x")
+    job = (
+        MakeJob.operator().set("spec.model.secretRef", {"name": "s"}).output("pvc://out/x").typed()
+    )
     assert build_rayjob(job, SETTINGS) == build_rayjob(job, SETTINGS)
     assert build_configmap(job) == build_configmap(job)
 
 
 def test_configmap_carries_the_whole_job_for_the_trainer() -> None:
-    job = make_job(hyperparameters__learningRate=1e-4)
+    job = MakeJob.operator().set("spec.hyperparameters.learningRate", 1e-4).typed()
     document = yaml.safe_load(build_configmap(job).get("data")[naming.SPEC_KEY])
     assert document["apiVersion"] == "finetune.io/v1alpha1"
     assert document["kind"] == "FineTuneJob"
@@ -173,7 +184,7 @@ def test_configmap_carries_the_whole_job_for_the_trainer() -> None:
 
 
 def test_spec_is_mounted_where_the_entrypoint_reads_it() -> None:
-    rayjob = build_rayjob(make_job(), SETTINGS)
+    rayjob = build_rayjob(MakeJob.operator().typed(), SETTINGS)
     assert rayjob["spec"]["entrypoint"] == "finetune run /etc/finetune/job.yaml"
     for role in ("head", "worker"):
         pod = pod_templates(rayjob)[role]["spec"]
@@ -184,10 +195,12 @@ def test_spec_is_mounted_where_the_entrypoint_reads_it() -> None:
 
 
 def test_pvc_sources_and_destination_become_volumes() -> None:
-    job = make_job(
-        model__source="pvc://models/llama",
-        dataset__train__source="pvc://data/train.jsonl",
-        output__destination="pvc://models/out",
+    job = (
+        MakeJob.operator()
+        .model("pvc://models/llama")
+        .set("spec.dataset.train.source", "pvc://data/train.jsonl")
+        .output("pvc://models/out")
+        .typed()
     )
     for role in ("head", "worker"):
         pod = pod_templates(build_rayjob(job, SETTINGS))[role]["spec"]
@@ -204,7 +217,9 @@ def test_pvc_sources_and_destination_become_volumes() -> None:
 
 
 def test_secret_reaches_trainer_only_as_env_from() -> None:
-    rayjob = build_rayjob(make_job(model__secretRef={"name": "hf-token"}), SETTINGS)
+    rayjob = build_rayjob(
+        MakeJob.operator().set("spec.model.secretRef", {"name": "hf-token"}).typed(), SETTINGS
+    )
     templates = pod_templates(rayjob)
     for role in ("head", "worker"):
         container = templates[role]["spec"]["containers"][0]
@@ -215,10 +230,10 @@ def test_secret_reaches_trainer_only_as_env_from() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "image"),
-    [({}, "registry.local/trainer:1"), ({"resources__image": "mine:3"}, "mine:3")],
+    [({}, "registry.local/trainer:1"), ({"spec.resources.image": "mine:3"}, "mine:3")],
 )
 def test_trainer_image_from_spec_else_settings(overrides, image) -> None:
-    rayjob = build_rayjob(make_job(**overrides), SETTINGS)
+    rayjob = build_rayjob(MakeJob.operator().set_all(overrides).typed(), SETTINGS)
     for template in pod_templates(rayjob).values():
         assert template["spec"]["containers"][0]["image"] == image
 
@@ -234,7 +249,7 @@ def test_trainer_image_from_spec_else_settings(overrides, image) -> None:
     ],
 )
 def test_run_policy_reaches_the_rayjob(policy, expected) -> None:
-    spec = build_rayjob(make_job(runPolicy=policy), SETTINGS)["spec"]
+    spec = build_rayjob(MakeJob.operator().set("spec.runPolicy", policy).typed(), SETTINGS)["spec"]
     assert {key: spec.get(key) for key in expected} == expected
     assert ("activeDeadlineSeconds" in spec) == ("activeDeadlineSeconds" in policy)
 
@@ -242,15 +257,17 @@ def test_run_policy_reaches_the_rayjob(policy, expected) -> None:
 @pytest.mark.parametrize(("queue", "label"), [(None, None), ("team-a", "team-a")])
 def test_kueue_label_only_when_queue_is_set(queue, label) -> None:
     policy = {"queueName": queue} if queue else {}
-    rayjob = build_rayjob(make_job(runPolicy=policy), SETTINGS)
+    rayjob = build_rayjob(MakeJob.operator().set("spec.runPolicy", policy).typed(), SETTINGS)
     assert rayjob["metadata"]["labels"].get(naming.QUEUE_LABEL) == label
 
 
 def test_scheduling_fields_reach_the_pods() -> None:
-    job = make_job(
-        resources__nodeSelector={"gpu": "h100"},
-        resources__tolerations=[{"key": "gpu", "operator": "Exists"}],
-        resources__priorityClassName="high",
+    job = (
+        MakeJob.operator()
+        .set("spec.resources.nodeSelector", {"gpu": "h100"})
+        .set("spec.resources.tolerations", [{"key": "gpu", "operator": "Exists"}])
+        .set("spec.resources.priorityClassName", "high")
+        .typed()
     )
     templates = pod_templates(build_rayjob(job, SETTINGS))
     worker = templates["worker"]["spec"]

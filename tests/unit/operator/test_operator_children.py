@@ -7,10 +7,10 @@ import yaml
 from finetune_operator import children
 from finetune_operator.settings import Settings
 
+from tests.factories import MakeJob
 from tests.unit.operator.fake_kube import FakeKube
-from tests.unit.operator.operator_unit_support import make_job
 
-JOB = make_job("llama")
+JOB = MakeJob.operator("llama").typed()
 UID = JOB.metadata.uid
 SETTINGS = Settings(trainer_image="registry.local/trainer:test")
 
@@ -64,7 +64,7 @@ async def test_a_foreign_rayjob_is_refused(existing, error) -> None:
 async def test_rebuild_rewrites_both_children_from_the_spec() -> None:
     kube = FakeKube()
     configmap, _ = await children.ensure_children(kube, JOB, SETTINGS)
-    edited = make_job("llama", resources__workers=3)
+    edited = MakeJob.operator("llama").set("spec.resources.workers", 3).typed()
     rayjob = await children.rebuild_children(kube, edited, SETTINGS)
     assert rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 3
     stored = kube.objects[children.configmap_path("team-a", "llama-spec")]

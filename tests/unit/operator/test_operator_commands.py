@@ -11,12 +11,8 @@ from finetune_operator import main as operator_main
 from finetune_operator.render import render_children
 from finetune_operator.settings import Settings
 
-from tests.unit.operator.operator_unit_support import (
-    make_finetunejob,
-    pruned_fields,
-    rayjob_schema,
-    schema_errors,
-)
+from tests.factories import MakeJob
+from tests.unit.operator.operator_unit_support import pruned_fields, rayjob_schema, schema_errors
 
 
 def write_job(folder: Path, document: dict) -> Path:
@@ -27,7 +23,9 @@ def write_job(folder: Path, document: dict) -> Path:
 
 
 def test_render_prints_configmap_and_valid_rayjob(tmp_path: Path) -> None:
-    path = write_job(tmp_path, make_finetunejob("render-me", model__secretRef={"name": "hf"}))
+    path = write_job(
+        tmp_path, MakeJob.operator("render-me").set("spec.model.secretRef", {"name": "hf"}).obj()
+    )
     out = io.StringIO()
     assert render_children(path, image="registry.local/t:9", output=out) == 0
     configmap, rayjob = list(yaml.safe_load_all(out.getvalue()))
@@ -41,7 +39,9 @@ def test_render_prints_configmap_and_valid_rayjob(tmp_path: Path) -> None:
 
 
 def test_render_reports_bad_fields_with_the_file(tmp_path: Path, capsys) -> None:
-    path = write_job(tmp_path, make_finetunejob("bad", dataset__train__format="csv"))
+    path = write_job(
+        tmp_path, MakeJob.operator("bad").set("spec.dataset.train.format", "csv").obj()
+    )
     out = io.StringIO()
     assert render_children(path, image=None, output=out) == 1
     assert out.getvalue() == ""

@@ -12,16 +12,17 @@ from finetune_operator.kube import ApiError
 from finetune_operator.reconcile import reconcile
 from finetune_operator.settings import Settings
 
+from tests.factories import MakeJob
 from tests.unit.operator.fake_kube import FakeKube
-from tests.unit.operator.operator_unit_support import make_finetunejob
 
 NS, NAME = "team-a", "llama"
 JOB, RAYJOB = job_path(NS, NAME), rayjob_path(NS, NAME)
 
 
-def kube_with_job(*, serves_rayjobs: bool = True, **overrides: Any) -> FakeKube:
+def kube_with_job(*, serves_rayjobs: bool = True, **fields: Any) -> FakeKube:
+    """A FakeKube holding the job, with each dotted `spec.x.y` of `fields` set."""
     kube = FakeKube(serves_rayjobs=serves_rayjobs)
-    job = make_finetunejob(NAME, **overrides)
+    job = MakeJob.operator(NAME, namespace=NS).set_all(fields).obj()
     job["metadata"]["generation"] = 1
     kube.put(JOB, job)
     return kube
@@ -87,7 +88,7 @@ async def test_unchanged_job_writes_nothing() -> None:
     ("serves_rayjobs", "overrides", "error", "reason"),
     [
         (False, {}, kopf.TemporaryError, "KubeRayMissing"),
-        (True, {"dataset__train__format": "csv"}, kopf.PermanentError, "InvalidSpec"),
+        (True, {"spec.dataset.train.format": "csv"}, kopf.PermanentError, "InvalidSpec"),
     ],
 )
 async def test_a_pass_that_stops_early_still_writes_once(
@@ -121,7 +122,7 @@ async def test_suspending_patches_the_rayjob_and_writes_status_once() -> None:
 
 
 async def test_spec_edited_while_suspended_is_applied_in_one_write() -> None:
-    kube = kube_with_job(runPolicy__suspend=True)
+    kube = kube_with_job(**{"spec.runPolicy.suspend": True})
     await one_pass(kube)
     set_rayjob(kube, jobDeploymentStatus="Suspended")
     await one_pass(kube)
@@ -136,7 +137,7 @@ async def test_spec_edited_while_suspended_is_applied_in_one_write() -> None:
 
 
 async def test_deadline_fails_the_job_and_deletes_the_rayjob_in_one_write() -> None:
-    kube = kube_with_job(runPolicy__activeDeadlineSeconds=60)
+    kube = kube_with_job(**{"spec.runPolicy.activeDeadlineSeconds": 60})
     await running(kube)
     kube.objects[JOB]["status"]["startTime"] = "2026-01-01T00:00:00Z"
     assert await one_pass(kube) is None
@@ -146,7 +147,7 @@ async def test_deadline_fails_the_job_and_deletes_the_rayjob_in_one_write() -> N
 
 
 async def test_ttl_zero_deletes_the_job_after_its_final_status() -> None:
-    kube = kube_with_job(runPolicy__ttlSecondsAfterFinished=0)
+    kube = kube_with_job(**{"spec.runPolicy.ttlSecondsAfterFinished": 0})
     await running(kube)
     set_rayjob(kube, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
     assert await one_pass(kube) is None

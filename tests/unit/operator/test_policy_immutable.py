@@ -7,7 +7,7 @@ from finetune_operator.actions import ApplySpec, Fail, FollowRayJob, KeepSpec
 from finetune_operator.api import FineTuneJobStatus, Phase
 from finetune_operator.policies import immutable
 
-from tests.unit.operator.operator_unit_support import make_job
+from tests.factories import MakeJob
 
 SPEC = {"model": {"source": "hf://a/b"}, "hyperparameters": {"epochs": 1}, "runPolicy": {}}
 
@@ -49,8 +49,8 @@ def test_spec_changes_apply_only_to_a_suspended_rayjob(rayjob, can) -> None:
 
 SUSPENDED = {"spec": {"suspend": True}, "status": {"jobDeploymentStatus": "Suspended"}}
 RUNNING = {"spec": {"suspend": False}, "status": {"jobDeploymentStatus": "Running"}}
-JOB = make_job("edited", resources__workers=3)
-CARRIED = make_job("edited").spec.to_wire()
+JOB = MakeJob.operator("edited").set("spec.resources.workers", 3).typed()
+CARRIED = MakeJob.operator("edited").typed_spec().to_wire()
 
 
 @pytest.mark.parametrize(

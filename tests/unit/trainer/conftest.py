@@ -1,4 +1,4 @@
-"""Fixtures for the trainer's unit tests: a tiny model and dataset, built once per session."""
+"""Fixtures for the trainer's unit tests; the tiny model and data are in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -6,14 +6,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
-from tests.unit.trainer.trainer_fixtures import job_dir, workspace  # noqa: F401 (fixtures)
-from tests.unit.trainer.trainer_helpers import make_manifest
-
-
-@pytest.fixture
-def manifest():
-    return make_manifest
 
 
 @pytest.fixture(scope="session")

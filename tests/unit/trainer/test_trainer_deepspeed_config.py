@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.validation import parse_job
 from finetune_trainer.deepspeed_config import build_deepspeed_config, plan_batch, resolve_precision
 from finetune_trainer.errors import BatchSizeError
 
-from tests.unit.trainer.trainer_helpers import make_manifest
+from tests.factories import MakeJob
 
 
 @pytest.mark.parametrize(
@@ -42,7 +41,7 @@ def test_unachievable_batch_names_the_field(batch, world, micro, field):
 
 
 def spec(**overrides):
-    return parse_job(make_manifest(**overrides)).spec
+    return MakeJob.trainer().spec(**overrides).typed_spec()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from finetune_operator.errors import UserError
 from finetune_trainer import errors, storage
 from finetune_trainer.run import run_command
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_job
+from tests.factories import MakeJob, write_job
 
 
 def test_every_error_of_ours_is_a_user_error_and_nothing_else_is_caught():
@@ -31,7 +31,7 @@ def test_a_bug_on_the_driver_keeps_its_traceback(job_dir, monkeypatch, capsys, b
 
     monkeypatch.setattr(finetune_trainer.data, "prepare_records", broken)
     with pytest.raises(type(bug)):
-        run_command(write_job(job_dir, make_manifest()), output=None, workers=1)
+        run_command(write_job(job_dir, MakeJob.trainer().obj()), output=None, workers=1)
     assert "finetune run:" not in capsys.readouterr().err
 
 

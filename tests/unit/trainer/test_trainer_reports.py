@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-from finetune_operator.validation import parse_job
 from finetune_trainer import history, reports, upload
 from finetune_trainer.model_card import model_card
 
-from tests.unit.trainer.trainer_helpers import make_manifest
+from tests.factories import MakeJob
 
 
 def rows(steps, **extra):
@@ -59,7 +58,7 @@ def test_throughput_summarises_the_logged_steps():
 
 
 def test_model_card_names_base_data_hyperparameters_and_metrics():
-    job = parse_job(make_manifest(hyperparameters={"learningRate": 3e-4, "batchSize": 8}))
+    job = MakeJob.trainer().spec(hyperparameters={"learningRate": 3e-4, "batchSize": 8}).typed()
     report = {"records_read": 160, "train": 136, "validation": 16, "test": 8, "tokens": 4321}
     card = model_card(job, {"train_loss": 1.23456, "eval_loss": 1.5}, report)
     assert card.startswith("# tiny\n")
@@ -73,7 +72,7 @@ def test_model_card_names_base_data_hyperparameters_and_metrics():
 
 
 def test_model_card_of_a_full_fine_tune_points_at_model():
-    job = parse_job(make_manifest(method={"type": "full"}))
+    job = MakeJob.trainer().spec(method={"type": "full"}).typed()
     card = model_card(job, {}, {})
     assert "AutoModelForCausalLM.from_pretrained('model')" in card
     assert "PeftModel" not in card and "LoRA" not in card

@@ -15,7 +15,7 @@ from finetune_trainer.layout import (
 from finetune_trainer.ray_train import checkpoint_uri, run_name
 from finetune_trainer.run import EXIT_BAD_INPUT, resolve_output, run_command
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_job
+from tests.factories import MakeJob, write_job
 
 
 @pytest.mark.parametrize(
@@ -100,11 +100,15 @@ def test_qlora_on_gpu_needs_bitsandbytes(monkeypatch):
 
 def test_qlora_on_cpu_fails_before_data_or_model_are_touched(tmp_path, capsys):
     """The data source and model do not even exist: the qlora error must come first."""
-    manifest = make_manifest(
-        method={"type": "qlora"},
-        model={"source": "no-such-model"},
-        dataset={"train": {"source": "no-such-data.jsonl"}},
-        resources={"workers": 1, "gpusPerWorker": 1, "cpusPerWorker": 1},
+    manifest = (
+        MakeJob.trainer()
+        .spec(
+            method={"type": "qlora"},
+            model={"source": "no-such-model"},
+            dataset={"train": {"source": "no-such-data.jsonl"}},
+            resources={"workers": 1, "gpusPerWorker": 1, "cpusPerWorker": 1},
+        )
+        .obj()
     )
     code = run_command(write_job(tmp_path, manifest), output=None, workers=None)
     err = capsys.readouterr().err
@@ -124,7 +128,9 @@ def test_qlora_on_cpu_fails_before_data_or_model_are_touched(tmp_path, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(job_dir, capsys, overrides, workers, message):
-    code = run_command(write_job(job_dir, make_manifest(**overrides)), output=None, workers=workers)
+    code = run_command(
+        write_job(job_dir, MakeJob.trainer().spec(**overrides).obj()), output=None, workers=workers
+    )
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -132,7 +138,7 @@ def test_bad_input_is_one_line_and_exit_2(job_dir, capsys, overrides, workers, m
 
 
 def test_invalid_manifest_names_each_field_on_its_own_line(tmp_path, capsys):
-    manifest = make_manifest(hyperparameters={"learningRate": -1, "batchSize": 0})
+    manifest = MakeJob.trainer().spec(hyperparameters={"learningRate": -1, "batchSize": 0}).obj()
     job_file = write_job(tmp_path, manifest)
     assert run_command(job_file, output=None, workers=None) == EXIT_BAD_INPUT
     lines = capsys.readouterr().err.strip().splitlines()

@@ -11,12 +11,12 @@ import pytest
 from finetune_trainer.progress_server import PORT_ENV, ProgressBoard, serving
 from finetune_trainer.run import plan_run, prepare_data
 
-from tests.unit.trainer.trainer_helpers import make_manifest, write_job
+from tests.factories import MakeJob, write_job
 
 
 def test_plan_then_data_write_the_splits_and_one_complete_data_report(job_dir, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    plan = plan_run(write_job(job_dir, make_manifest()), output=None, workers=1)
+    plan = plan_run(write_job(job_dir, MakeJob.trainer().obj()), output=None, workers=1)
     assert plan.local and plan.workers.num_workers == 1
     assert plan.model_dir == job_dir / "model"
     out = job_dir / "out"

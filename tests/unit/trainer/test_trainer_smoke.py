@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_operator.validation import parse_job
 from finetune_trainer import evaluate, loop
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
@@ -16,16 +15,16 @@ from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.rows import tokenize_splits
 
-from tests.unit.trainer.trainer_helpers import make_manifest
+from tests.factories import MakeJob
 
 
 def engine_for(workspace: Path, method: str, total_steps: int):
-    spec = parse_job(make_manifest(
+    spec = MakeJob.trainer().spec(
         method={"type": method},
         hyperparameters={"batchSize": 4, "microBatchSize": 2, "learningRate": 3e-3,
                          "maxSteps": total_steps, "gradientCheckpointing": True},
         evaluation={"metrics": ["loss", "accuracy", "exact_match", "bleu", "rouge"]},
-    )).spec  # fmt: skip
+    ).typed_spec()  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
     config = build_deepspeed_config(spec, world_size=1, precision="fp32")
     engine, _ = loop._build_engine(spec, total_steps, workspace / "model", config, "fp32")
@@ -91,11 +90,15 @@ def test_generation_metrics_score_partial_answers_between_the_extremes():
 
 def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, single_process_group):
     """The worker's setup seam: build → train_step/evaluate_if_due → final_metrics, in-process."""
-    spec = parse_job(make_manifest(
-        hyperparameters={"batchSize": 4, "microBatchSize": 2, "maxSteps": 2},
-        evaluation={"everySteps": 1, "metrics": ["loss", "accuracy"]},
-        checkpointing={"everySteps": 2, "keep": 1},
-    )).spec  # fmt: skip
+    spec = (
+        MakeJob.trainer()
+        .spec(
+            hyperparameters={"batchSize": 4, "microBatchSize": 2, "maxSteps": 2},
+            evaluation={"everySteps": 1, "metrics": ["loss", "accuracy"]},
+            checkpointing={"everySteps": 2, "keep": 1},
+        )
+        .typed_spec()
+    )
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
     setup = loop.WorkerSetup(
         spec=spec, base_dir=workspace, total_steps=2, steps_per_epoch=splits.steps_per_epoch,

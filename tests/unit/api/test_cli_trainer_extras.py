@@ -13,7 +13,7 @@ import pytest
 import yaml
 from finetune_operator.cli import TRAINER_MODULES, is_trainer_module, main
 
-from tests.factories import REPO, make_job
+from tests.factories import REPO, MakeJob
 
 # Runs the CLI as if torch, ray and transformers were not installed.
 WITHOUT_TRAINER = """
@@ -42,13 +42,13 @@ def job_file(tmp_path: Path) -> Path:
     }
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
     (tmp_path / "model").mkdir()
-    job = make_job(
-        **{
-            "spec.model.source": "model",
-            "spec.dataset.train.source": "train.jsonl",
-            "spec.dataset.validationSplit": 0.0,
-            "spec.output.destination": "out",
-        }
+    job = (
+        MakeJob()
+        .model("model")
+        .train("train.jsonl")
+        .output("out")
+        .set("spec.dataset.validationSplit", 0.0)
+        .obj()
     )
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))

@@ -13,7 +13,7 @@ from finetune_operator import api
 
 from finetune_trainer.checkpoints import checkpoint_dir_name
 from finetune_trainer.layout import WorkerLayout
-from finetune_trainer.upload import s3_endpoint
+from finetune_trainer.storage import s3_endpoint
 
 if TYPE_CHECKING:
     from finetune_trainer.loop import WorkerSetup

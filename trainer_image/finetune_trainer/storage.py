@@ -89,12 +89,16 @@ def resolve_local(uri: str, *, base_dir: Path | None = None) -> Path:
     return path
 
 
+def s3_endpoint() -> str | None:
+    """On-prem S3-compatible stores (MinIO, Ceph) are reached through an explicit endpoint."""
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+
+
 def s3_filesystem() -> Any:
     import fsspec
 
-    # s3fs reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL from the
-    # environment; the endpoint variable is what on-prem S3-compatible stores need.
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    # s3fs reads the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) itself.
+    endpoint = s3_endpoint()
     options = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
     return fsspec.filesystem("s3", **options)
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-
-def s3_endpoint() -> str | None:
-    """On-prem S3-compatible stores (MinIO, Ceph) are reached through an explicit endpoint."""
-    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+from finetune_trainer.storage import s3_endpoint, s3_errors
 
 
 def s3_options(uri: str) -> dict[str, Any]:
@@ -22,8 +18,6 @@ def s3_options(uri: str) -> dict[str, Any]:
 def upload_dir(local: Path, uri: str) -> None:
     """Copy everything under `local` to an s3:// prefix."""
     import fsspec
-
-    from finetune_trainer.storage import s3_errors
 
     filesystem, root = fsspec.core.url_to_fs(uri, **s3_options(uri))
     with s3_errors(uri):

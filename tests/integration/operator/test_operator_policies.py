@@ -48,8 +48,14 @@ async def test_suspend_and_resume(cluster: Cluster, operator) -> None:
     # KubeRay starts a fresh cluster; the trainer resumes from its checkpoint.
     await cluster.set_rayjob_status("pausable", jobDeploymentStatus="Running", jobStatus="RUNNING")
     await eventually(lambda: cluster.status("pausable").get("phase") == "Running")
-    reasons = {e["reason"] for e in cluster.events("pausable")}
-    assert {"Suspending", "Suspended", "Resuming"} <= reasons
+    # Events follow the pass's one status write, so they may land a moment after it.
+    await eventually(
+        lambda: (
+            {"Suspending", "Suspended", "Resuming"}
+            <= {e["reason"] for e in cluster.events("pausable")}
+        ),
+        what="the Suspending, Suspended and Resuming Events",
+    )
     assert cluster.creations(RAYJOBS) == 1
 
 
@@ -137,7 +143,10 @@ async def test_spec_edited_while_suspended_applies_on_resume(cluster: Cluster, o
     document = yaml.safe_load(cluster.get("v1/configmaps", "edited-spec")["data"]["job.yaml"])
     assert document["spec"]["resources"]["workers"] == 3
     await eventually(lambda: cluster.status("edited").get("observedGeneration") == 3)
-    assert "SpecApplied" in {e["reason"] for e in cluster.events("edited")}
+    await eventually(
+        lambda: "SpecApplied" in {e["reason"] for e in cluster.events("edited")},
+        what="the SpecApplied Event, posted after the status write",
+    )
     assert cluster.get(RAYJOBS, "edited")["spec"]["suspend"] is True
     assert cluster.creations(RAYJOBS) == 1
 

@@ -1,4 +1,4 @@
-"""Hostile data files: each row is one bad input and the one-line outcome.
+"""Hostile data files and model folders: each row is one bad input and the one-line outcome.
 
 The rule for every row: nothing read is lost silently, no raw value reaches the console or
 data_report.json, and no traceback: a bad record is counted (with file and line), a bad
@@ -13,13 +13,16 @@ import gzip
 import json
 import lzma
 import re
+import shutil
 
 import pytest
 import yaml
+from finetune_operator import api
 from finetune_operator.cli import main
 from finetune_trainer.data import prepare_records, stream_prepared
 from finetune_trainer.data.sinks import JsonlSink
-from finetune_trainer.errors import DataError, StorageError
+from finetune_trainer.errors import DataError, ModelSourceError, StorageError
+from finetune_trainer.model import load_base_model, load_tokenizer, resolve_model_dir
 
 from tests.factories import MakeJob
 from tests.records import arithmetic_records, chat
@@ -271,3 +274,64 @@ def test_no_space_left_while_writing_prepared_data_names_the_folder(tmp_path, mo
     with pytest.raises(StorageError, match=rf"^{re.escape(str(out))}: No space left on device$"):
         stream_prepared(spec_for("train.jsonl"), out, base_dir=tmp_path)
     assert not list(out.glob("*.partial"))
+
+
+@pytest.fixture
+def broken_model(tmp_path, tiny_model_dir):
+    """Factory: a copy of the tiny model with break_it(folder) applied."""
+
+    def make(break_it):
+        model = tmp_path / "model"
+        shutil.copytree(tiny_model_dir, model)
+        break_it(model)
+        return model
+
+    return make
+
+
+def no_tokenizer(model):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (model / name).unlink(missing_ok=True)
+
+
+def weights_cut(model):
+    weights = model / "model.safetensors"
+    weights.write_bytes(cut(weights.read_bytes()))
+
+
+def weights_garbage(model):
+    (model / "model.safetensors").write_bytes(b"not safetensors at all")
+
+
+def weights_header_cut(model):
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+
+BROKEN_MODELS = {
+    "no tokenizer": (no_tokenizer, r"{dir}: no tokenizer \(tokenizer\.json / tokenizer_config"),
+    "weights cut in half": (weights_cut, r"{dir}/model\.safetensors: \d+ bytes where its header"),
+    "weights garbage": (weights_garbage, r"{dir}/model\.safetensors: header length \d+ does"),
+    "weights header cut": (weights_header_cut, r"{dir}/model\.safetensors: header length"),
+}
+
+
+@pytest.mark.parametrize("break_it, error", BROKEN_MODELS.values(), ids=BROKEN_MODELS)
+def test_a_broken_model_folder_names_the_folder_and_file(broken_model, break_it, error):
+    model = broken_model(break_it)
+    expected = "^spec.model.source: " + error.format(dir=re.escape(str(model)))
+    spec = api.ModelSpec(source=str(model))
+    with pytest.raises(ModelSourceError, match=expected):
+        resolve_model_dir(spec)
+    with pytest.raises(ModelSourceError, match=expected):
+        load_tokenizer(model, spec)
+    with pytest.raises(ModelSourceError, match=expected):
+        load_base_model(model, spec, dtype=None, quantize_4bit=False)
+
+
+def test_a_missing_weights_file_names_the_folder(broken_model):
+    model = broken_model(lambda folder: (folder / "model.safetensors").unlink())
+    spec = api.ModelSpec(source=str(model))
+    with pytest.raises(ModelSourceError, match=rf"^spec.model.source: {re.escape(str(model))}: "
+                       r"cannot load the weights: .*no file named model\.safetensors"):  # fmt: skip
+        load_base_model(model, spec, dtype=None, quantize_4bit=False)

@@ -15,6 +15,7 @@ import lzma
 import re
 import shutil
 
+import fsspec
 import pytest
 import yaml
 from finetune_operator import api
@@ -335,3 +336,20 @@ def test_a_missing_weights_file_names_the_folder(broken_model):
     with pytest.raises(ModelSourceError, match=rf"^spec.model.source: {re.escape(str(model))}: "
                        r"cannot load the weights: .*no file named model\.safetensors"):  # fmt: skip
         load_base_model(model, spec, dtype=None, quantize_4bit=False)
+
+
+def test_an_s3_prefix_reads_any_case_and_lists_what_it_skipped(monkeypatch):
+    # fsspec's in-memory filesystem stands in for S3's transport; the listing is ours.
+    from finetune_trainer import storage
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/hostile-bucket/sets/A.JSONL.GZ", gzip.compress(GOOD_BYTES))
+    memory.pipe("/hostile-bucket/sets/b.jsonl.zst", b"(\xb5/\xfd")
+    memory.pipe("/hostile-bucket/sets/.hidden/c.jsonl", GOOD_BYTES)
+    monkeypatch.setattr(storage, "s3_filesystem", lambda: memory)
+    report = prepare_records(spec_for("s3://hostile-bucket/sets")).report
+    assert report["records_read"] == 20
+    assert [(f["file"], f["reason"][:15]) for f in report["skipped_files"]] == [
+        ("s3://hostile-bucket/sets/.hidden/c.jsonl", "in a hidden fol"),
+        ("s3://hostile-bucket/sets/b.jsonl.zst", "zstd-compressed"),
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,10 @@ from finetune_trainer.storage import fetch_to_cache, resolve_local
 
 MODEL_CACHE_ENV = "FINETUNE_MODEL_CACHE"
 ALL_LINEAR = "all-linear"
+# Any one of these makes a folder hold a tokenizer (fast, sentencepiece, BPE or WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# A safetensors header is a few KB to a few MB; a larger length means a corrupt file.
+MAX_SAFETENSORS_HEADER = 100 << 20
 
 
 def resolve_model_dir(model: api.ModelSpec, *, base_dir: Path | None = None) -> Path:
@@ -33,7 +39,50 @@ def resolve_model_dir(model: api.ModelSpec, *, base_dir: Path | None = None) -> 
             f"spec.model.source: {source} ({local}) is not a Hugging Face model directory "
             "(no config.json)"
         )
+    check_model_files(local)
     return local
+
+
+def check_model_files(model_dir: Path) -> None:
+    """Refuse, naming the folder or file, a model without a tokenizer or with weights cut
+    short, before any cluster starts rather than deep inside a worker's loading."""
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelSourceError(
+            f"spec.model.source: {model_dir}: no tokenizer (tokenizer.json / "
+            "tokenizer_config.json); copy the tokenizer files next to config.json"
+        )
+    for file in sorted(model_dir.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem:
+            raise ModelSourceError(
+                f"spec.model.source: {file}: {problem}: corrupt/truncated "
+                "(copy or download the model again)"
+            )
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (its header must cover the file
+    exactly), or None; reads the header only, never the tensors."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        if size < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            return f"header length {length} does not fit the file's {size} bytes"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:  # not UTF-8, or not JSON
+            return "the header is not JSON"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    offsets = [t.get("data_offsets") for k, t in header.items() if k != "__metadata__"]
+    if not all(isinstance(o, list) and len(o) == 2 for o in offsets):
+        return "the header has a tensor without data_offsets"
+    expected = 8 + length + max((int(o[1]) for o in offsets), default=0)
+    if expected != size:
+        return f"{size} bytes where its header describes {expected}"
+    return None
 
 
 def _download_from_hub(repo_id: str, revision: str) -> Path:
@@ -70,6 +119,8 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     options = {"revision": revision} if revision else {}
+    if isinstance(model_dir, Path) and model_dir.is_dir():
+        check_model_files(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             model_dir, trust_remote_code=model.trust_remote_code, **options
@@ -92,7 +143,10 @@ def load_base_model(
     model_dir: Path, model: api.ModelSpec, *, dtype: Any, quantize_4bit: bool
 ) -> Any:
     """The base model in `dtype`; NF4-quantised through bitsandbytes for qlora."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
+
+    check_model_files(model_dir)
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
     if quantize_4bit:
@@ -108,7 +162,14 @@ def load_base_model(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, SafetensorError) as error:  # no weights file, a shard missing or corrupt
+        lines = str(error).strip().splitlines()
+        raise ModelSourceError(
+            f"spec.model.source: {model_dir}: cannot load the weights: "
+            f"{lines[0] if lines else type(error).__name__}"
+        ) from error
 
 
 def linear_module_names(model: Any) -> list[str]:

@@ -6,13 +6,19 @@ carried to the output), with every text field a string.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from finetune_trainer.data import pii
 
 FORMATS = ("messages", "alpaca", "text", "preference")
 ROLES = ("system", "user", "assistant", "tool")
 CHAT_FORMATS = ("messages", "alpaca", "preference")
 Record = dict[str, Any]  # a checked record: its format's keys only, text fields strings
+# Reasons go to the console and data_report.json, so they quote at most this much of a value.
+EXCERPT_CHARS = 40
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MalformedRecord(ValueError):
@@ -23,7 +29,32 @@ def check_record(obj: Any, fmt: str) -> dict[str, Any]:
     """The record reduced to its format's fields, or MalformedRecord naming the problem."""
     if not isinstance(obj, dict):
         raise MalformedRecord(f"expected a JSON object, got {type(obj).__name__}")
-    return CHECKERS[fmt](obj)
+    record = CHECKERS[fmt](obj)
+    for name, text in _text_fields(record, fmt):
+        # json.loads lets a lone "\ud800" escape through; it cannot be written as UTF-8.
+        if _SURROGATE.search(text):
+            raise MalformedRecord(f"{name} holds a lone surrogate escape (not Unicode text)")
+    return record
+
+
+def _text_fields(record: dict[str, Any], fmt: str) -> Iterator[tuple[str, str]]:
+    if fmt == "messages":
+        for index, message in enumerate(record["messages"]):
+            yield f"messages[{index}].content", message["content"]
+    else:
+        yield from ((f"'{key}'", value) for key, value in record.items())
+
+
+def describe(value: Any, *, quote: bool = True) -> str:
+    """A bad value for a reason: its type, or for text its length and a short excerpt with
+    PII redacted; never the value itself (it may be a secret or a 200 KB blob)."""
+    if not isinstance(value, str):
+        return type(value).__name__
+    # Redact a window wider than the excerpt, so that no email or key is cut in two first.
+    # repr escapes what cannot be printed (control characters, lone surrogates).
+    excerpt = repr(pii.redact(value[: EXCERPT_CHARS * 5])[:EXCERPT_CHARS])[1:-1]
+    more = f"... ({len(value)} characters)" if len(value) > EXCERPT_CHARS else ""
+    return f"'{excerpt}'{more}" if quote else f"{excerpt}{more}"
 
 
 def _text_field(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -51,7 +82,9 @@ def _check_messages(obj: dict[str, Any]) -> dict[str, Any]:
             raise MalformedRecord(f"messages[{index}] must be an object")
         role = message.get("role")
         if role not in ROLES:
-            raise MalformedRecord(f"messages[{index}].role must be one of {ROLES}, got {role!r}")
+            raise MalformedRecord(
+                f"messages[{index}].role must be one of {ROLES}, got {describe(role)}"
+            )
         checked.append({"role": role, "content": _content(message.get("content"), index)})
     if not any(m["role"] == "assistant" and m["content"].strip() for m in checked):
         raise MalformedRecord("no non-empty assistant message (nothing to learn)")
@@ -66,7 +99,11 @@ def _content(content: Any, index: int) -> str:
         texts = []
         for part in content:
             if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                kind = (
+                    describe(part.get("type"), quote=False)
+                    if isinstance(part, dict)
+                    else type(part).__name__
+                )
                 raise MalformedRecord(f"messages[{index}].content has a non-text part ({kind})")
             if not isinstance(part.get("text"), str):
                 raise MalformedRecord(f"messages[{index}].content text part has no string 'text'")

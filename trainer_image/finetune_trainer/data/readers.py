@@ -9,20 +9,40 @@ that is not one bad record but lost data, and guessing around it would hide it.
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
-from collections.abc import Iterator
+import sys
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune_trainer import storage
+from finetune_trainer.data.files import (
+    DATA_FILES,
+    SKIPPED_LISTED,
+    FileKind,
+    SkippedFile,
+    file_kind,
+    printable,
+    skip_reason,
+    unreadable,
+)
 from finetune_trainer.errors import DataError, StorageError
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+# Each opens a binary stream to be read decompressed, front to back.
+DECOMPRESSORS: dict[str, Callable[[Any, str], Any]] = {
+    "gzip": gzip.open,
+    "bzip2": bz2.open,
+    "xz": lzma.open,
+}
 HF_MIRROR_ENV = "FINETUNE_HF_MIRROR"
 
 
@@ -49,6 +69,13 @@ class SourceLineage:
     source: str
     format: str
     files: list[FileLineage] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    skipped_count: int = 0
+
+    def skip(self, file: str, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < SKIPPED_LISTED:
+            self.skipped.append(SkippedFile(file, reason))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,19 +98,41 @@ def read_source(
         yield from _read_s3(uri, location, lineage)
     else:
         path = storage.resolve_local(uri, base_dir=base_dir)
-        for file in _local_files(uri, path):
-            yield from _read_file(file, str(file), lineage)
+        for file in _local_files(uri, path, lineage):
+            yield from _read_file(file, printable(str(file)), lineage)
 
 
-def _local_files(uri: str, path: Path) -> list[Path]:
+def _local_files(uri: str, path: Path, lineage: SourceLineage) -> list[Path]:
     if path.is_file():
+        _check_named_file(uri, path.name)
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+        files = []
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            reason = skip_reason(file.relative_to(path).as_posix())
+            if reason is None:
+                files.append(file)
+            else:
+                lineage.skip(printable(str(file)), reason)
         if not files:
-            raise DataError(f"{uri}: folder {path} holds no {', '.join(DATA_SUFFIXES)} files")
+            raise DataError(f"{uri}: folder {path} holds no data files{_skipped_note(lineage)}")
         return files
     raise DataError(f"{uri}: no such file or folder ({path})")
+
+
+def _check_named_file(uri: str, name: str) -> None:
+    """A file named on its own is read as JSONL whatever its suffix, unless it is plainly
+    something we cannot read (reading a .zip as JSONL would only count every line malformed)."""
+    reason = unreadable(name)
+    if reason is not None:
+        raise DataError(f"{uri}: {reason}")
+
+
+def _skipped_note(lineage: SourceLineage) -> str:
+    if not lineage.skipped:
+        return f" ({DATA_FILES})"
+    shown = "; ".join(f"{s.file}: {s.reason}" for s in lineage.skipped[:3])
+    return f"; skipped {lineage.skipped_count}: {shown}"
 
 
 def _read_s3(uri: str, location: storage.Location, lineage: SourceLineage) -> Iterator[RawRecord]:
@@ -100,10 +149,17 @@ def _read_s3_objects(
     fs = storage.s3_filesystem()
     remote = storage.s3_url(location)
     if fs.isdir(remote):
-        keys = sorted(k.lstrip("/") for k in fs.find(remote) if k.endswith(DATA_SUFFIXES))
+        keys = []
+        for key in sorted(k.lstrip("/") for k in fs.find(remote)):
+            reason = skip_reason(key.removeprefix(remote.rstrip("/")).lstrip("/"))
+            if reason is None:
+                keys.append(key)
+            else:
+                lineage.skip(f"s3://{key}", reason)
         if not keys:
-            raise DataError(f"{uri}: prefix holds no {', '.join(DATA_SUFFIXES)} objects")
+            raise DataError(f"{uri}: prefix holds no data files{_skipped_note(lineage)}")
     elif fs.exists(remote):
+        _check_named_file(uri, remote.rsplit("/", 1)[-1])
         keys = [remote]
     else:
         raise DataError(f"{uri}: no such object or prefix")
@@ -116,34 +172,50 @@ def _read_file(file: Path, name: str, lineage: SourceLineage) -> Iterator[RawRec
     try:
         with open(file, "rb") as handle:
             yield from _read_stream(handle, name, lineage)
-    except (OSError, EOFError) as error:  # unreadable, not gzip, or a truncated .gz
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise DataError(f"{name}: cannot read: {reason}") from None
+    except OSError as error:  # unreadable: permissions, a folder, an I/O error
+        raise DataError(f"{name}: cannot read: {error.strerror or error}") from None
 
 
 def _read_stream(handle: Any, name: str, lineage: SourceLineage) -> Iterator[RawRecord]:
     entry = FileLineage(path=name)
     lineage.files.append(entry)
+    kind = file_kind(name) or FileKind("jsonl", None)  # a file named on its own: JSONL
     file_hash = hasher = hashlib.sha256()
-    suffix = Path(name.removesuffix(".gz")).suffix
-    if name.endswith(".gz"):
+    if kind.compression:
         # The lineage digest is of the file as stored, so it hashes the compressed bytes.
-        handle = gzip.GzipFile(fileobj=_HashingReader(handle, file_hash), mode="rb")
+        handle = DECOMPRESSORS[kind.compression](_HashingReader(handle, file_hash), "rb")
         hasher = hashlib.sha256()  # what the item readers feed: decompressed, not reported
-    if suffix == ".parquet":
+    if kind.format == "parquet":
         # Parquet is read from its footer backwards, so the file is hashed in a first
         # sequential pass and then streamed row group by row group.
         _hash_whole(handle, hasher)
         handle.seek(0)
         items: Iterator[RawRecord] = _parquet_items(handle, name)
-    elif suffix == ".json":
-        items = _json_items(_hashed_bytes(handle, hasher), name)
+    elif kind.format == "json":
+        items = _json_items(handle, name, hasher)
     else:
         items = _jsonl_items(handle, name, hasher)
+    if kind.compression:
+        items = _decompressed(
+            items, f"{name}: cannot read: truncated or corrupt {kind.compression} data", entry
+        )
     for item in items:
         entry.records += 1
         yield item
     entry.sha256 = file_hash.hexdigest()
+
+
+def _decompressed(
+    items: Iterator[RawRecord], problem: str, entry: FileLineage
+) -> Iterator[RawRecord]:
+    """The items, with a broken compressed stream (cut short, corrupt) as one DataError
+    naming the file and how many records came before the break."""
+    try:
+        yield from items
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as error:
+        # Nothing is trained on a file read only in part, so the stage stops here.
+        after = f" after {entry.records} records" if entry.records else ""
+        raise DataError(f"{problem}{after} ({error}); fix or remove the file") from None
 
 
 class _HashingReader:
@@ -176,26 +248,57 @@ def _hashed_bytes(handle: Any, hasher: Any) -> bytes:
 def _jsonl_items(handle: Any, name: str, hasher: Any) -> Iterator[RawRecord]:
     for number, raw in enumerate(handle, start=1):
         hasher.update(raw)
+        if number == 1:
+            raw = _without_bom(raw, name)
         if not raw.strip():
             continue
         try:
-            yield RawRecord(name, number, json.loads(raw.decode("utf-8")))
-        except UnicodeDecodeError:
-            yield RawRecord(name, number, error="not valid UTF-8")
-        except json.JSONDecodeError as error:
-            yield RawRecord(
-                name, number, error=f"invalid JSON: {error.msg} at column {error.colno}"
-            )
+            yield RawRecord(name, number, parse_json(raw))
+        except BadJson as error:
+            yield RawRecord(name, number, error=str(error))
 
 
-def _json_items(data: bytes, name: str) -> Iterator[RawRecord]:
-    # A JSON document is parsed whole; use JSONL for data too large to hold in memory.
+def _without_bom(first: bytes, name: str) -> bytes:
+    """The first line without a UTF-8 byte-order mark (editors on Windows write one)."""
+    if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{name}: UTF-16 text (byte-order mark at the start); save it as UTF-8")
+    return first.removeprefix(codecs.BOM_UTF8)
+
+
+class BadJson(ValueError):
+    """Input that is not JSON we can read; the message quotes none of it."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.line = line
+
+
+def parse_json(raw: bytes) -> Any:
+    """A JSON value, or BadJson with a one-line reason.
+
+    Beyond syntax errors, hostile input can hit the parser's limits: nesting deeper than
+    the recursion limit, or an integer longer than Python converts from a string."""
     try:
-        document = json.loads(data.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise DataError(f"{name}: not valid UTF-8 (byte {error.start})") from None
+        raise BadJson(f"not valid UTF-8 (byte {error.start + 1})") from None
     except json.JSONDecodeError as error:
-        raise DataError(f"{name}: line {error.lineno}: invalid JSON: {error.msg}") from None
+        raise BadJson(f"invalid JSON: {error.msg} (column {error.colno})", error.lineno) from None
+    except RecursionError:
+        raise BadJson("invalid JSON: nested too deeply to read") from None
+    except ValueError:
+        limit = sys.get_int_max_str_digits()
+        raise BadJson(f"invalid JSON: an integer longer than {limit} digits") from None
+
+
+def _json_items(handle: Any, name: str, hasher: Any) -> Iterator[RawRecord]:
+    # A JSON document is parsed whole; use JSONL for data too large to hold in memory.
+    data = _hashed_bytes(handle, hasher)
+    try:
+        document = parse_json(_without_bom(data, name))
+    except BadJson as error:
+        line = f"line {error.line}: " if error.line else ""
+        raise DataError(f"{name}: {line}{error}") from None
     if isinstance(document, dict):
         lists = [key for key, value in document.items() if isinstance(value, list)]
         if len(lists) != 1:

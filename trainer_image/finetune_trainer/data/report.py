@@ -6,9 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_trainer.data.files import SKIPPED_LISTED
 from finetune_trainer.data.readers import SourceLineage
 
 MALFORMED_EXAMPLES = 20
+SKIPPED_SHOWN = 5  # on the console; data_report.json lists up to SKIPPED_LISTED
 
 
 @dataclass
@@ -64,6 +66,8 @@ class DataReport:
             "padding_ratio": tokens.get("padding_ratio"),
             "tokenizer_note": self.tokenizer_note,
             "sources": [s.as_dict() for s in self.sources],
+            "skipped_count": sum(s.skipped_count for s in self.sources),
+            "skipped_files": [vars(f) for s in self.sources for f in s.skipped][:SKIPPED_LISTED],
         }
 
 
@@ -80,6 +84,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     for entry in report["malformed"]["first"][:5]:
         lines.append(f"  malformed {entry['file']}:{entry['line']}: {entry['reason']}")
+    lines += _skipped_lines(report)
     for mix in report["mix"]:
         lines.append(f"mix {mix['source']}: {mix['drawn']} records drawn (weight {mix['weight']})")
     if report["tokens"] is not None:
@@ -90,4 +95,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"not tokenised: {report['tokenizer_note']}")
+    return lines
+
+
+def _skipped_lines(report: dict[str, Any]) -> list[str]:
+    count = report.get("skipped_count", 0)
+    if not count:
+        return []
+    lines = [f"skipped {count} files in source folders (not read):"]
+    for entry in report["skipped_files"][:SKIPPED_SHOWN]:
+        lines.append(f"  skipped {entry['file']}: {entry['reason']}")
+    if count > SKIPPED_SHOWN:
+        lines.append(f"  ... and {count - SKIPPED_SHOWN} more (see data_report.json)")
     return lines

@@ -26,7 +26,7 @@ import yaml
 from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from finetune_operator import api, crd
+from finetune_operator import api, crd, kube_values
 from finetune_operator.errors import UserError
 
 PATTERN_HINTS = {
@@ -34,9 +34,9 @@ PATTERN_HINTS = {
     "file://path or a path",
     api.DESTINATION_PATTERN: "must be s3://bucket/prefix, pvc://claim/path, file://path or a "
     "path (hf:// is read-only)",
-    api.QUANTITY_PATTERN: "must be a Kubernetes quantity such as 64Gi or 512Mi",
     api.DNS_1123_SUBDOMAIN: "must be a Kubernetes object name (lower-case letters, digits, "
     "'-' and '.')",
+    **kube_values.HINTS,
 }
 
 

@@ -12,12 +12,10 @@ Cross-field rules are written once, in CEL, on the model they belong to
 from __future__ import annotations
 
 import enum
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
 
 from finetune_operator import kube_values
 
@@ -59,22 +57,6 @@ def is_set(path: str) -> str:
 def validations(*rules: dict[str, str]) -> ConfigDict:
     entries: list[Any] = list(rules)
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": entries})
-
-
-def once_each(items: list[Any]) -> list[Any]:
-    """A list-type set field's items; the API server refuses one that lists an item twice."""
-    repeated = kube_values.duplicates([str(item) for item in items])
-    if repeated:
-        named = ", ".join(repr(item) for item in repeated)
-        raise PydanticCustomError(
-            "duplicate_items", f"lists {named} more than once; list each item once"
-        )
-    return items
-
-
-LabelValue = Annotated[
-    str, Field(max_length=kube_values.MAX_LABEL_VALUE, pattern=kube_values.LABEL_VALUE)
-]
 
 
 class ApiModel(BaseModel):
@@ -270,7 +252,7 @@ class LoraSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
-    _target_modules_once = field_validator("target_modules")(once_each)
+    _target_modules_once = field_validator("target_modules")(kube_values.once_each)
 
 
 class MethodSpec(ApiModel):
@@ -357,7 +339,7 @@ class EvaluationSpec(ApiModel):
         le=100_000,
     )
 
-    _metrics_once = field_validator("metrics")(once_each)
+    _metrics_once = field_validator("metrics")(kube_values.once_each)
 
 
 class DeepSpeedSpec(ApiModel):
@@ -409,7 +391,7 @@ class Toleration(ApiModel):
         pattern=kube_values.LABEL_KEY,
     )
     operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
-    value: LabelValue | None = Field(None, description="Taint value for Equal.")
+    value: kube_values.LabelValue | None = Field(None, description="Taint value for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = Field(
         None, description="Taint effect to tolerate; empty tolerates all effects."
     )
@@ -432,7 +414,7 @@ class ResourcesSpec(ApiModel):
         pattern=kube_values.POSITIVE_QUANTITY,
         max_length=32,
     )
-    node_selector: dict[str, LabelValue] = Field(
+    node_selector: dict[str, kube_values.LabelValue] = Field(
         default_factory=dict, description="Node labels the worker pods must match."
     )
     tolerations: list[Toleration] = Field(
@@ -451,23 +433,7 @@ class ResourcesSpec(ApiModel):
         pattern=kube_values.IMAGE_REFERENCE,
     )
 
-    @field_validator("node_selector")
-    @classmethod
-    def _label_keys(cls, selector: dict[str, str]) -> dict[str, str]:
-        """Map keys are checked here, not in the CRD: a structural schema cannot constrain
-        them, and a CEL rule over keys of unbounded length exceeds the API server's cost
-        budget. The operator parses with these models, so a bad key fails the job (as
-        InvalidSpec) before any pod is created."""
-        for key in selector:
-            if not re.match(kube_values.LABEL_KEY, key) or len(key) > kube_values.MAX_LABEL_KEY:
-                raise PydanticCustomError(
-                    "label_key", f"key {key!r} must be {kube_values.LABEL_KEY_RULE_TEXT}"
-                )
-            if re.match(kube_values.LONG_KEY_PREFIX, key):
-                raise PydanticCustomError(
-                    "label_key", f"key {key!r}: the prefix must be at most 253 characters"
-                )
-        return selector
+    _label_keys = field_validator("node_selector")(kube_values.label_keys)
 
 
 class CheckpointingSpec(ApiModel):

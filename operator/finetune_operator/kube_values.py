@@ -8,6 +8,12 @@ use them. `HINTS` says in words what each pattern allows, for `finetune validate
 
 from __future__ import annotations
 
+import re
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic_core import PydanticCustomError
+
 _ALNUM_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 
@@ -54,6 +60,37 @@ HINTS = {
     "(lower-case path, no spaces, optional :tag and @sha256:digest)",
     POSITIVE_QUANTITY: "must be a Kubernetes quantity of more than zero, such as 64Gi or 512Mi",
 }
+
+
+LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE, pattern=LABEL_VALUE)]
+
+
+def label_keys(selector: dict[str, str]) -> dict[str, str]:
+    """A pydantic validator naming the first key that is not a label key.
+
+    Map keys are checked here, not in the CRD: a structural schema cannot constrain them,
+    and a CEL rule over keys of unbounded length exceeds the API server's cost budget. The
+    operator parses with the models, so a bad key fails the job (InvalidSpec) before any
+    pod is created."""
+    for key in selector:
+        if not re.match(LABEL_KEY, key) or len(key) > MAX_LABEL_KEY:
+            raise PydanticCustomError("label_key", f"key {key!r} must be {LABEL_KEY_RULE_TEXT}")
+        if re.match(LONG_KEY_PREFIX, key):
+            raise PydanticCustomError(
+                "label_key", f"key {key!r}: the prefix must be at most 253 characters"
+            )
+    return selector
+
+
+def once_each(items: list[Any]) -> list[Any]:
+    """A pydantic validator for list-type set fields: the API server refuses an item twice."""
+    repeated = duplicates([str(item) for item in items])
+    if repeated:
+        named = ", ".join(repr(item) for item in repeated)
+        raise PydanticCustomError(
+            "duplicate_items", f"lists {named} more than once; list each item once"
+        )
+    return items
 
 
 def duplicates(items: list[str]) -> list[str]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from finetune_operator import kube_values
 
 GROUP = "finetune.io"
 VERSION = "v1alpha1"
@@ -31,7 +33,6 @@ DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # cluster; `finetune run` also resolves relative ones against the job file).
 SOURCE_PATTERN = r"^(hf://[^/\s]+(/[^\s]+)?|s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/\S*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file://\S+|[^:\s]+)$"
 DESTINATION_PATTERN = r"^(s3://[a-z0-9][-a-z0-9.]*[a-z0-9](/\S*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/\S*)?|file://\S+|[^:\s]+)$"
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
 DNS_1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 # Spec sections that may change while a job runs; everything else is frozen until the job
@@ -251,6 +252,8 @@ class LoraSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
+    _target_modules_once = field_validator("target_modules")(kube_values.once_each)
+
 
 class MethodSpec(ApiModel):
     type: Literal["lora", "qlora", "full"] = Field(
@@ -336,6 +339,8 @@ class EvaluationSpec(ApiModel):
         le=100_000,
     )
 
+    _metrics_once = field_validator("metrics")(kube_values.once_each)
+
 
 class DeepSpeedSpec(ApiModel):
     model_config = validations(
@@ -357,10 +362,37 @@ class DeepSpeedSpec(ApiModel):
 
 
 class Toleration(ApiModel):
-    key: str | None = Field(None, description="Taint key; empty with Exists matches all.")
+    # The pod's own validation, so a bad toleration is refused with the job, not its pods.
+    model_config = validations(
+        cel(
+            f"self.operator == 'Exists' || ({is_set('self.key')} && self.key != '')",
+            "key is required unless operator is Exists (an empty key with Exists tolerates "
+            "every taint)",
+        ),
+        cel(
+            f"self.operator != 'Exists' || !{is_set('self.value')} || self.value == ''",
+            "operator Exists matches any value: leave value out (or use operator Equal)",
+        ),
+        cel(
+            f"!{is_set('self.tolerationSeconds')} || "
+            f"({is_set('self.effect')} && self.effect == 'NoExecute')",
+            "tolerationSeconds applies only to effect NoExecute",
+        ),
+        cel(
+            f"!{is_set('self.key')} || !self.key.matches('{kube_values.LONG_KEY_PREFIX}')",
+            "key prefix (before '/') must be at most 253 characters",
+        ),
+    )
+
+    key: str | None = Field(
+        None,
+        description="Taint key; empty with Exists matches all.",
+        max_length=kube_values.MAX_LABEL_KEY,
+        pattern=kube_values.LABEL_KEY,
+    )
     operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
-    value: str | None = Field(None, description="Taint value for Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+    value: kube_values.LabelValue | None = Field(None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = Field(
         None, description="Taint effect to tolerate; empty tolerates all effects."
     )
     toleration_seconds: int | None = Field(
@@ -379,23 +411,29 @@ class ResourcesSpec(ApiModel):
     memory_per_worker: str = Field(
         "64Gi",
         description="Memory per worker pod as a Kubernetes quantity, e.g. 64Gi.",
-        pattern=QUANTITY_PATTERN,
+        pattern=kube_values.POSITIVE_QUANTITY,
         max_length=32,
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, kube_values.LabelValue] = Field(
         default_factory=dict, description="Node labels the worker pods must match."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Tolerations of the head and worker pods.", max_length=32
     )
     priority_class_name: str | None = Field(
-        None, description="PriorityClass of the Ray pods.", max_length=253
+        None,
+        description="PriorityClass of the Ray pods.",
+        max_length=253,
+        pattern=DNS_1123_SUBDOMAIN,
     )
     image: str | None = Field(
         None,
         description="Trainer image; default: the operator's configured trainer image.",
         max_length=1024,
+        pattern=kube_values.IMAGE_REFERENCE,
     )
+
+    _label_keys = field_validator("node_selector")(kube_values.label_keys)
 
 
 class CheckpointingSpec(ApiModel):
@@ -438,7 +476,9 @@ class RunPolicy(ApiModel):
     queue_name: str | None = Field(
         None,
         description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label.",
-        max_length=63,
+        min_length=1,
+        max_length=kube_values.MAX_LABEL_VALUE,
+        pattern=kube_values.LABEL_VALUE,
     )
 
 
@@ -604,7 +644,7 @@ class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(min_length=1)
-    namespace: str | None = None
+    namespace: str | None = Field(None, max_length=63, pattern=kube_values.DNS_1123_LABEL)
     uid: str | None = None
     generation: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)

@@ -1,10 +1,11 @@
 """Validate FineTuneJob manifests offline, as the API server and the operator would.
 
-Three layers, each reporting `path: reason` problems:
+Four layers, each reporting `path: reason` problems:
 1. the pydantic models (types, ranges, enums, unknown fields),
 2. the generated CRD's own schema via jsonschema (what admission checks; also proves
    the CRD and the models agree),
-3. the CRD's CEL rules via cel-python, on the object with defaults applied.
+3. the CRD's CEL rules via cel-python, on the object with defaults applied,
+4. static checks (static_checks.py) of what the trainer would refuse after Ray starts.
 The operator uses `parse_job`, so a spec `finetune validate` accepts is one it accepts.
 """
 
@@ -26,7 +27,7 @@ import yaml
 from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from finetune_operator import api, crd
+from finetune_operator import api, crd, kube_values
 from finetune_operator.errors import UserError
 
 PATTERN_HINTS = {
@@ -34,9 +35,9 @@ PATTERN_HINTS = {
     "file://path or a path",
     api.DESTINATION_PATTERN: "must be s3://bucket/prefix, pvc://claim/path, file://path or a "
     "path (hf:// is read-only)",
-    api.QUANTITY_PATTERN: "must be a Kubernetes quantity such as 64Gi or 512Mi",
     api.DNS_1123_SUBDOMAIN: "must be a Kubernetes object name (lower-case letters, digits, "
     "'-' and '.')",
+    **kube_values.HINTS,
 }
 
 
@@ -61,7 +62,7 @@ class InvalidSpec(UserError):
 
 
 def parse_job(obj: Any, old: Any = None) -> api.FineTuneJob:
-    """The typed job, or InvalidSpec listing every problem the three layers find.
+    """The typed job, or InvalidSpec listing every problem the layers find.
 
     `old` (the stored object) enables the CEL transition rules.
     """
@@ -78,9 +79,18 @@ def parse_job(obj: Any, old: Any = None) -> api.FineTuneJob:
     if problems or job is None:
         raise InvalidSpec(problems)
     problems = cel_problems(_as_admitted(job), old)
+    seen = {p.path for p in problems}
+    problems += [p for p in _static_problems(job) if p.path not in seen]
     if problems:
         raise InvalidSpec(problems)
     return job
+
+
+def _static_problems(job: api.FineTuneJob) -> list[Problem]:
+    """Layer 4: what the spec alone shows the trainer would refuse once its cluster is up."""
+    from finetune_operator.static_checks import static_problems  # it imports Problem from here
+
+    return static_problems(job.spec)
 
 
 def validate_object(obj: Any, old: Any = None) -> list[Problem]:

@@ -56,6 +56,8 @@ def parse_uri(uri: str) -> Location:
                 raise LocationError(
                     f"{uri}: missing the {'claim' if scheme == 'pvc' else 'bucket'}"
                 )
+            if scheme == "pvc":
+                return Location(scheme, bucket, _inside_claim(uri, bucket, path))
             return Location(scheme, bucket, path.strip("/"))
     if uri.startswith("hf://"):
         # hf://org/name or hf://name; an optional trailing path is a file inside the repo.
@@ -70,6 +72,23 @@ def parse_uri(uri: str) -> Location:
             f"{uri}: unsupported scheme (use a path, file://, pvc://, s3:// or hf://)"
         )
     return Location("local", "", uri)
+
+
+def _inside_claim(uri: str, claim: str, path: str) -> str:
+    """`path` normalised; refused when '..' climbs above the claim's root, where nothing
+    is on the mounted volume (`finetune validate` refuses it too; this is the backstop)."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if not parts:
+                raise LocationError(
+                    f"{uri}: '..' climbs above pvc://{claim}/; a pvc:// path must stay "
+                    "inside its claim"
+                )
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts)
 
 
 def pvc_root() -> Path:

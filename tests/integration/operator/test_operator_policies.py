@@ -130,18 +130,18 @@ async def test_spec_edited_while_suspended_applies_on_resume(cluster: Cluster, o
     await cluster.set_rayjob_status("edited", jobDeploymentStatus="Suspended", jobStatus="")
     await eventually(lambda: cluster.status("edited").get("phase") == "Suspended")
 
-    await cluster.patch_job_spec("edited", {"resources": {"workers": 3}})
+    await cluster.patch_job_spec("edited", {"resources": {"workers": 4}})
     await eventually(
         lambda: (
             cluster.get(RAYJOBS, "edited")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][
                 "replicas"
             ]
-            == 3
+            == 4
         ),
         what="the RayJob rebuilt from the edited spec",
     )
     document = yaml.safe_load(cluster.get("v1/configmaps", "edited-spec")["data"]["job.yaml"])
-    assert document["spec"]["resources"]["workers"] == 3
+    assert document["spec"]["resources"]["workers"] == 4
     await eventually(lambda: cluster.status("edited").get("observedGeneration") == 3)
     await eventually(
         lambda: "SpecApplied" in {e["reason"] for e in cluster.events("edited")},

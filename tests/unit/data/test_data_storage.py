@@ -7,6 +7,7 @@ from pathlib import Path
 import fsspec
 import pytest
 from finetune_trainer import storage
+from finetune_trainer.errors import LocationError
 
 
 def test_relative_paths_resolve_against_the_base_dir(tmp_path):
@@ -55,6 +56,27 @@ def test_remote_uris_are_not_local(uri):
 def test_bad_uris_are_refused_by_name(uri):
     with pytest.raises(ValueError):
         storage.parse_uri(uri)
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("pvc://claim/a/../b/./c.jsonl", "b/c.jsonl"),
+        ("pvc://claim//data///train.jsonl", "data/train.jsonl"),
+        ("pvc://claim/a/..", ""),
+    ],
+)
+def test_pvc_paths_are_normalised_inside_the_claim(uri, path):
+    assert storage.parse_uri(uri).path == path
+
+
+@pytest.mark.parametrize(
+    "uri", ["pvc://claim/..", "pvc://claim/../..", "pvc://claim/a/../../other/x", "pvc://c/../c"]
+)
+def test_pvc_paths_that_leave_the_claim_are_refused(uri, tmp_path, monkeypatch):
+    monkeypatch.setenv(storage.PVC_ROOT_ENV, str(tmp_path))
+    with pytest.raises(LocationError, match="must stay inside its claim"):
+        storage.resolve_local(uri)
 
 
 def test_open_uri_reads_local_and_pvc(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def test_pruning_checker_catches_unknown_fields() -> None:
         ({}, {"workers": 1, "gpus": "1", "cpu": "8", "memory": "64Gi"}),
         (
             {"spec.resources.workers": 3, "spec.resources.gpusPerWorker": 4, "spec.resources.cpusPerWorker": 16,
-             "spec.resources.memoryPerWorker": "200Gi"},
+             "spec.resources.memoryPerWorker": "200Gi", "spec.hyperparameters.batchSize": 48},
             {"workers": 3, "gpus": "4", "cpu": "16", "memory": "200Gi"},
         ),
         (

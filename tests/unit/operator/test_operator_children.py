@@ -64,11 +64,11 @@ async def test_a_foreign_rayjob_is_refused(existing, error) -> None:
 async def test_rebuild_rewrites_both_children_from_the_spec() -> None:
     kube = FakeKube()
     configmap, _ = await children.ensure_children(kube, JOB, SETTINGS)
-    edited = MakeJob.operator("llama").set("spec.resources.workers", 3).typed()
+    edited = MakeJob.operator("llama").set("spec.resources.workers", 4).typed()
     rayjob = await children.rebuild_children(kube, edited, SETTINGS)
-    assert rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 3
+    assert rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 4
     stored = kube.objects[children.configmap_path("team-a", "llama-spec")]
-    assert children.carried_spec(stored)["resources"]["workers"] == 3
+    assert children.carried_spec(stored)["resources"]["workers"] == 4
     assert children.carried_spec(configmap) == JOB.spec.to_wire()
 
 

@@ -126,11 +126,11 @@ async def test_spec_edited_while_suspended_is_applied_in_one_write() -> None:
     await one_pass(kube)
     set_rayjob(kube, jobDeploymentStatus="Suspended")
     await one_pass(kube)
-    kube.objects[JOB]["spec"]["resources"] = {"workers": 3}
+    kube.objects[JOB]["spec"]["resources"] = {"workers": 4}
     kube.objects[JOB]["metadata"]["generation"] = 2
     assert await one_pass(kube) is None
     workers = kube.objects[RAYJOB]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    assert workers["replicas"] == 3
+    assert workers["replicas"] == 4
     assert_one_write_then_events(kube)
     assert [e["reason"] for e in kube.events()] == ["SpecApplied"]
     assert status(kube)["observedGeneration"] == 2

@@ -49,7 +49,7 @@ def test_spec_changes_apply_only_to_a_suspended_rayjob(rayjob, can) -> None:
 
 SUSPENDED = {"spec": {"suspend": True}, "status": {"jobDeploymentStatus": "Suspended"}}
 RUNNING = {"spec": {"suspend": False}, "status": {"jobDeploymentStatus": "Running"}}
-JOB = MakeJob.operator("edited").set("spec.resources.workers", 3).typed()
+JOB = MakeJob.operator("edited").set("spec.resources.workers", 4).typed()
 CARRIED = MakeJob.operator("edited").typed_spec().to_wire()
 
 

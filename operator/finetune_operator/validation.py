@@ -22,11 +22,10 @@ from typing import Any
 import celpy
 import jsonschema
 import pydantic
-import yaml
 from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from finetune_operator import api, crd
+from finetune_operator import api, crd, kubeyaml
 from finetune_operator.errors import UserError
 
 PATTERN_HINTS = {
@@ -112,13 +111,9 @@ def load_job_file(path: Path) -> api.FineTuneJob:
 def _load_jobs(path: Path) -> list[api.FineTuneJob]:
     """Every job in a YAML file, read and validated once; InvalidSpec with `FILE: ...` lines."""
     try:
-        documents = list(_load_yaml_documents(path.read_text(encoding="utf-8")))
-    except OSError as error:
-        raise _file_problem(path, f"cannot read: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise _file_problem(path, "not a UTF-8 text file") from None
-    except yaml.YAMLError as error:
-        raise _file_problem(path, _describe_yaml_error(error)) from None
+        documents = list(kubeyaml.load_documents(kubeyaml.read_manifest_text(path)))
+    except kubeyaml.ManifestFileError as error:
+        raise _file_problem(path, str(error)) from None
     if not documents:
         raise _file_problem(path, "no FineTuneJob in the file (it is empty)")
     jobs, lines = [], []
@@ -135,41 +130,6 @@ def _load_jobs(path: Path) -> list[api.FineTuneJob]:
 
 def _file_problem(path: Path, message: str) -> InvalidSpec:
     return InvalidSpec([Problem("", f"{path}: {message}")])
-
-
-# ---------------------------------------------------------------------------- YAML
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: the later one would silently win."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    keys: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in keys:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        keys.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _load_yaml_documents(text: str) -> Iterator[Any]:
-    for document in yaml.load_all(text, Loader=_StrictLoader):
-        if document is not None:
-            yield document
-
-
-def _describe_yaml_error(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    problem = getattr(error, "problem", None) or str(error)
-    return f"{where}invalid YAML: {problem}"
 
 
 # ---------------------------------------------------------------------------- layer 1: models

@@ -1,0 +1,144 @@
+"""Hostile manifests: each is read as kubectl reads it and gets one line naming the field,
+line or file; none costs a traceback, a hang or unbounded memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from finetune_operator import kubeyaml
+from finetune_operator.validation import load_job_file, validate_file
+
+HEADER = """\
+apiVersion: finetune.io/v1alpha1
+kind: FineTuneJob
+metadata: {name: demo, namespace: default}
+spec:
+  model: {source: "hf://meta-llama/Llama-3.1-8B"}
+  output: {destination: "s3://out/demo"}
+"""
+DATASET = '  dataset: {train: {source: "s3://data/train.jsonl"}}\n'
+
+
+def job_text(extra: str, dataset: str = DATASET) -> str:
+    return HEADER + dataset + extra
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+MERGED_DATA = """\
+  dataset:
+    train: &data {source: "s3://data/train.jsonl", format: alpaca}
+    validation:
+      <<: *data
+      source: "s3://data/validation.jsonl"
+"""
+
+# (id, spec lines added to a valid job, (attribute path of the parsed spec, value kubectl sends))
+ACCEPTED = [
+    ("exponent without a dot", "  hyperparameters: {learningRate: 2e-4}\n", ("hyperparameters.learning_rate", 2e-4)),
+    ("capital exponent", "  hyperparameters: {learningRate: 1E-3}\n", ("hyperparameters.learning_rate", 1e-3)),
+    ("leading dot", "  hyperparameters: {warmupRatio: .5}\n", ("hyperparameters.warmup_ratio", 0.5)),
+    ("integral float for an integer", "  hyperparameters: {maxSteps: 1e3}\n", ("hyperparameters.max_steps", 1000)),
+    ("underscores in an integer", "  hyperparameters: {maxSteps: 1_000}\n", ("hyperparameters.max_steps", 1000)),
+    ("hexadecimal", "  hyperparameters: {maxSteps: 0x10}\n", ("hyperparameters.max_steps", 16)),
+    ("Go octal", "  hyperparameters: {maxSteps: 0o17}\n", ("hyperparameters.max_steps", 15)),
+    ("YAML 1.1 off", "  hyperparameters: {gradientCheckpointing: off}\n", ("hyperparameters.gradient_checkpointing", False)),
+    ("go-yaml's n", "  runPolicy: {suspend: y}\n", ("run_policy.suspend", True)),
+    ("quoted stays a string", '  runPolicy: {queueName: "1e3"}\n', ("run_policy.queue_name", "1e3")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"), [row[1:] for row in ACCEPTED], ids=[row[0] for row in ACCEPTED]
+)
+def test_kubectl_readable_yaml_is_accepted(tmp_path, extra, expected) -> None:
+    spec = load_job_file(write(tmp_path, job_text(extra))).spec
+    attribute, value = expected
+    for part in attribute.split("."):
+        spec = getattr(spec, part)
+    assert spec == value and type(spec) is type(value)
+
+
+def test_merge_keys_merge_and_explicit_keys_win(tmp_path) -> None:
+    dataset = load_job_file(write(tmp_path, job_text("", MERGED_DATA))).spec.dataset
+    assert dataset.validation is not None
+    assert dataset.validation.source == "s3://data/validation.jsonl"
+    assert dataset.validation.format == "alpaca"
+
+
+# (id, whole file text, the one line expected after `FILE: `)
+REFUSED = [
+    ("duplicate key", job_text("  runPolicy:\n    suspend: true\n    suspend: false\n"), "line 10, column 5: invalid YAML: duplicate key 'suspend'"),
+    ("duplicate beside a merge", job_text("", MERGED_DATA + "      format: text\n      format: text\n"), "line 13, column 7: invalid YAML: duplicate key 'format'"),
+    ("a boolean where a string goes", job_text("  dataset: {train: {source: s3://data/t.jsonl, split: on}}\n", dataset=""), "spec.dataset.train.split: input should be a valid string, got True"),
+    ("self-referring alias", job_text("  resources: &r {tolerations: [*r]}\n"), "line 8, column 14: an alias refers to itself"),
+    ("alias bomb", "a: &a [1,2,3,4,5,6,7,8,9,10]\n" + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcde", "bcdef", strict=True)), "more than 200000 values, counting those aliases repeat"),
+    ("deep nesting", "spec: " + "[" * 5000 + "]" * 5000 + "\n", "line 1, column 106: invalid YAML: nested deeper than 100 levels"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [row[1:] for row in REFUSED], ids=[row[0] for row in REFUSED]
+)
+def test_hostile_yaml_gets_one_line(tmp_path, text, expected) -> None:
+    path = write(tmp_path, text)
+    lines = validate_file(path)
+    assert lines == [f"{path}: {expected}"] or (len(lines) == 1 and expected in lines[0]), lines
+
+
+def run_validate(path: Path | str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune_operator.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_an_endless_file_is_read_only_up_to_the_bound() -> None:
+    code, output = run_validate("/dev/zero")
+    assert code == 1
+    assert (
+        output
+        == f"/dev/zero: larger than {kubeyaml.MAX_FILE_BYTES} bytes: not a manifest kubectl could apply\n"
+    )
+
+
+def test_a_file_over_the_bound_is_refused(tmp_path) -> None:
+    path = write(tmp_path, job_text("# " + "x" * kubeyaml.MAX_FILE_BYTES + "\n"))
+    assert validate_file(path) == [
+        f"{path}: larger than {kubeyaml.MAX_FILE_BYTES} bytes: not a manifest kubectl could apply"
+    ]
+
+
+def test_a_directory_gets_one_line(tmp_path) -> None:
+    code, output = run_validate(tmp_path)
+    assert (code, output) == (1, f"{tmp_path}: is a directory, not a manifest file\n")
+
+
+def test_a_fifo_nobody_writes_to_does_not_hang(tmp_path) -> None:
+    fifo = tmp_path / "job.yaml"
+    os.mkfifo(fifo)
+    code, output = run_validate(fifo)
+    assert (code, output) == (1, f"{fifo}: no FineTuneJob in the file (it is empty)\n")
+
+
+def test_a_pipe_is_read(tmp_path) -> None:
+    """`finetune validate <(kustomize build)`: a pipe with a writer is read to its end."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, job_text("").encode())
+    os.close(write_end)
+    try:
+        assert validate_file(Path(f"/dev/fd/{read_end}")) == []
+    finally:
+        os.close(read_end)

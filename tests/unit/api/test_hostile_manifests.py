@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from finetune_operator import kubeyaml
+from finetune_operator import crd, kubeyaml
 from finetune_operator.validation import load_job_file, validate_file
 
 HEADER = """\
@@ -142,3 +142,49 @@ def test_a_pipe_is_read(tmp_path) -> None:
         assert validate_file(Path(f"/dev/fd/{read_end}")) == []
     finally:
         os.close(read_end)
+
+
+INT64_MAX = 2**63 - 1
+
+# (id, spec lines added to a valid job, the one line expected after `FILE: `)
+OUT_OF_RANGE = [
+    ("maxSteps past int64", f"  hyperparameters: {{maxSteps: {2**64}}}\n", f"spec.hyperparameters.maxSteps: {2**64} is greater than the maximum of {INT64_MAX}"),
+    ("maxSteps far past int64", f"  hyperparameters: {{maxSteps: {10**30}}}\n", f"spec.hyperparameters.maxSteps: {10**30} is greater than the maximum of {INT64_MAX}"),
+    ("maxSteps as a huge float", "  hyperparameters: {maxSteps: 1e30}\n", "spec.hyperparameters.maxSteps: unable to parse input string as an integer, exceeded maximum size, got 1e+30"),
+    ("everySteps past int64", f"  checkpointing: {{everySteps: {2**63}}}\n", f"spec.checkpointing.everySteps: {2**63} is greater than the maximum of {INT64_MAX}"),
+    ("tolerationSeconds past int64", f"  resources: {{tolerations: [{{operator: Exists, tolerationSeconds: {2**63}}}]}}\n", f"spec.resources.tolerations[0].tolerationSeconds: {2**63} is greater than the maximum of {INT64_MAX}"),
+    ("ttl past int64", f"  runPolicy: {{ttlSecondsAfterFinished: {2**70}}}\n", f"spec.runPolicy.ttlSecondsAfterFinished: {2**70} is greater than the maximum of {INT64_MAX}"),
+    ("seed past 32 bits", f"  hyperparameters: {{seed: {2**32}}}\n", "spec.hyperparameters.seed: input should be less than or equal to 4294967295, got 4294967296"),
+    ("seed past int64", f"  hyperparameters: {{seed: {2**64}}}\n", f"spec.hyperparameters.seed: input should be less than or equal to 4294967295, got {2**64}"),
+    ("deadline past the RayJob's int32", f"  runPolicy: {{activeDeadlineSeconds: {2**31}}}\n", "spec.runPolicy.activeDeadlineSeconds: input should be less than or equal to 2147483647, got 2147483648"),
+    ("NaN learning rate", "  hyperparameters: {learningRate: .nan}\n", "spec.hyperparameters.learningRate: input should be a finite number, got nan"),
+    ("infinite clipping norm", "  hyperparameters: {maxGradNorm: .inf}\n", "spec.hyperparameters.maxGradNorm: input should be a finite number, got inf"),
+    ("infinite lora alpha", "  method: {lora: {alpha: .Inf}}\n", "spec.method.lora.alpha: input should be a finite number, got inf"),
+    ("NaN integer", "  hyperparameters: {maxSteps: .NaN}\n", "spec.hyperparameters.maxSteps: input should be a finite number, got nan"),
+    ("negative infinite delta", "  evaluation: {earlyStopping: {minDelta: -.inf}}\n", "spec.evaluation.earlyStopping.minDelta: input should be a finite number, got -inf"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"), [row[1:] for row in OUT_OF_RANGE], ids=[row[0] for row in OUT_OF_RANGE]
+)
+def test_numbers_outside_what_kubernetes_stores_name_the_field(tmp_path, extra, expected) -> None:
+    path = write(tmp_path, job_text(extra))
+    assert validate_file(path) == [f"{path}: {expected}"]
+
+
+def test_every_integer_in_the_crd_is_bounded_to_int64() -> None:
+    def integers(node: dict, path: str = "") -> list[tuple[str, dict]]:
+        found = [(path, node)] if node.get("type") == "integer" else []
+        for name, child in node.get("properties", {}).items():
+            found += integers(child, f"{path}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                found += integers(node[key], f"{path}[]")
+        return found
+
+    fields = integers(crd.openapi_schema())
+    assert len(fields) > 20
+    for path, node in fields:
+        assert node["format"] == "int64", path
+        assert -(2**63) <= node["minimum"] <= node["maximum"] <= INT64_MAX, path

@@ -295,9 +295,19 @@ def _rule_problems(schema: dict[str, Any], value: Any, old: Any, path: str) -> I
     rules = schema.get("x-kubernetes-validations", [])
     if not rules:
         return
-    variables = {"self": _to_cel(value, schema)}
-    if old is not None and any("oldSelf" in rule["rule"] for rule in rules):
-        variables["oldSelf"] = _to_cel(old, schema)
+    try:
+        variables = {"self": _to_cel(value, schema)}
+        if old is not None and any("oldSelf" in rule["rule"] for rule in rules):
+            variables["oldSelf"] = _to_cel(old, schema)
+    except ValueError:  # cel-python refuses integers past int64 ("overflow")
+        found = _past_int64(value, path)
+        stored = None if found else _past_int64(old, path)
+        message = "an integer past int64, which CEL cannot represent"
+        yield Problem(
+            (found or stored or path).lstrip("."),
+            message + " (in the stored object)" * bool(stored),
+        )
+        return
     for rule in rules:
         if "oldSelf" in rule["rule"] and "oldSelf" not in variables:
             continue  # a transition rule: only an update has an old object
@@ -309,6 +319,19 @@ def _rule_problems(schema: dict[str, Any], value: Any, old: Any, path: str) -> I
         if not passed:
             field = rule.get("fieldPath", "")
             yield Problem(f"{path}{field}".lstrip("."), rule["message"])
+
+
+def _past_int64(value: Any, path: str) -> str | None:
+    """The path of the first integer in `value` that int64 cannot hold."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return path
+    if isinstance(value, dict):
+        children = [(f"{path}.{key}", child) for key, child in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{path}[{index}]", child) for index, child in enumerate(value)]
+    else:
+        return None
+    return next(filter(None, (_past_int64(child, where) for where, child in children)), None)
 
 
 def _to_cel(value: Any, schema: dict[str, Any]) -> Any:

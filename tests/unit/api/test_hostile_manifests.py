@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from finetune_operator import crd, kubeyaml
-from finetune_operator.validation import load_job_file, validate_file
+from finetune_operator.validation import load_job_file, validate_file, validate_object
+
+from tests.factories import MakeJob
 
 HEADER = """\
 apiVersion: finetune.io/v1alpha1
@@ -188,3 +190,15 @@ def test_every_integer_in_the_crd_is_bounded_to_int64() -> None:
     for path, node in fields:
         assert node["format"] == "int64", path
         assert -(2**63) <= node["minimum"] <= node["maximum"] <= INT64_MAX, path
+
+
+def test_a_stored_object_past_int64_is_a_problem_not_a_traceback() -> None:
+    """The transition rules read the stored object, which the schema layer never checks."""
+    job = MakeJob().obj()
+    old = MakeJob().spec(hyperparameters={"maxSteps": 2**64}).obj()
+    old["status"] = {"phase": "Running"}
+    problems = validate_object(job, old)
+    assert [str(p) for p in problems] == [
+        "spec.hyperparameters.maxSteps: an integer past int64, which CEL cannot represent "
+        "(in the stored object)"
+    ]

@@ -69,6 +69,7 @@ class ApiModel(BaseModel):
         validate_by_name=False,
         serialize_by_alias=True,
         use_attribute_docstrings=False,
+        allow_inf_nan=False,  # JSON cannot carry NaN or infinity
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -302,7 +303,12 @@ class Hyperparameters(ApiModel):
         "auto",
         description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.",
     )
-    seed: int = Field(42, description="Seed for data splits, shuffling and initialisation.", ge=0)
+    seed: int = Field(
+        42,
+        description="Seed for data splits, shuffling and initialisation.",
+        ge=0,
+        le=2**32 - 1,  # numpy's and transformers' set_seed take 32 bits
+    )
 
 
 class EarlyStopping(ApiModel):
@@ -468,7 +474,10 @@ class RunPolicy(ApiModel):
         2, description="Whole-cluster retries (RayJob backoffLimit).", ge=0, le=100
     )
     active_deadline_seconds: int | None = Field(
-        None, description="Fail the job when it runs longer than this.", ge=1
+        None,
+        description="Fail the job when it runs longer than this.",
+        ge=1,
+        le=2**31 - 1,  # the RayJob's activeDeadlineSeconds is an int32
     )
     ttl_seconds_after_finished: int | None = Field(
         None, description="Delete the finished job (and its children) after this long.", ge=0

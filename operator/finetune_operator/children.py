@@ -26,6 +26,27 @@ class PredecessorPending(Exception):
     """A child's name is still held by the child of an earlier job of the same name."""
 
 
+class UnbuildableSpec(Exception):
+    """The spec passed validation, yet a builder cannot turn it into a child."""
+
+
+class ChildRejected(Exception):
+    """The API server refused a child as invalid (422); the message names its fields."""
+
+    def __init__(self, kind: str, name: str, error: ApiError) -> None:
+        body = error.body if isinstance(error.body, Mapping) else {}
+        causes = (body.get("details") or {}).get("causes") or []
+        reasons = [_describe_cause(c) for c in causes if isinstance(c, Mapping)]
+        detail = "; ".join(r for r in reasons if r) or body.get("message") or str(error)
+        super().__init__(f"the API server refused the {kind} {name}: {detail}")
+
+
+def _describe_cause(cause: Mapping[str, Any]) -> str:
+    """`field: message` from one of a Status's details.causes."""
+    message = str(cause.get("message") or "")
+    return f"{cause['field']}: {message}" if cause.get("field") else message
+
+
 def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     return object_path(api.GROUP, api.VERSION, api.PLURAL, namespace, name, subresource)
 
@@ -49,13 +70,21 @@ async def ensure_children(
     """The ConfigMap and the RayJob as stored, found or created now (the ConfigMap first: the
     RayJob mounts it)."""
     namespace = job.metadata.namespace or "default"
-    configmap = await ensure_child(
-        client, configmap_path(namespace), builders.build_configmap(job), job
-    )
-    rayjob = await ensure_child(
-        client, rayjob_path(namespace), builders.build_rayjob(job, settings), job
-    )
+    desired_configmap, desired_rayjob = build_children(job, settings)
+    configmap = await ensure_child(client, configmap_path(namespace), desired_configmap, job)
+    rayjob = await ensure_child(client, rayjob_path(namespace), desired_rayjob, job)
     return configmap, rayjob
+
+
+def build_children(
+    job: api.FineTuneJob, settings: Settings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The desired ConfigMap and RayJob. The builders raise ValueError (or OverflowError) only
+    on input validation should have refused: that fails the job rather than retry forever."""
+    try:
+        return builders.build_configmap(job), builders.build_rayjob(job, settings)
+    except (ValueError, OverflowError) as error:
+        raise UnbuildableSpec(str(error)) from error
 
 
 async def rebuild_children(
@@ -63,13 +92,22 @@ async def rebuild_children(
 ) -> dict[str, Any]:
     """Rewrite the ConfigMap and the (suspended) RayJob from the job's spec; the RayJob after."""
     namespace = job.metadata.namespace or "default"
-    configmap = builders.build_configmap(job)
-    rayjob = builders.build_rayjob(job, settings)
-    await client.merge_patch(
-        configmap_path(namespace, configmap["metadata"]["name"]), {"data": configmap["data"]}
-    )
+    configmap, rayjob = build_children(job, settings)
+    await _patch_child(client, configmap_path(namespace), configmap, {"data": configmap["data"]})
     patch = {"metadata": {"labels": rayjob["metadata"]["labels"]}, "spec": rayjob["spec"]}
-    return await client.merge_patch(rayjob_path(namespace, rayjob["metadata"]["name"]), patch)
+    return await _patch_child(client, rayjob_path(namespace), rayjob, patch)
+
+
+async def _patch_child(
+    client: KubeClient, collection: str, desired: Mapping[str, Any], patch: dict[str, Any]
+) -> dict[str, Any]:
+    name = desired["metadata"]["name"]
+    try:
+        return await client.merge_patch(f"{collection}/{name}", patch)
+    except ApiError as error:
+        if error.status == 422:
+            raise ChildRejected(desired["kind"], name, error) from error
+        raise
 
 
 def carried_spec(configmap: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -90,6 +128,8 @@ async def ensure_child(
         try:
             return await client.create(collection, desired)
         except ApiError as error:
+            if error.status == 422:  # a retry would be refused the same way
+                raise ChildRejected(desired["kind"], name, error) from error
             if error.status != 409:
                 raise
         existing = await client.get(path)  # created by an earlier attempt of ours, or by others

@@ -22,6 +22,7 @@ from finetune_operator import api
 CRD_PATH = Path("crds") / f"{api.GROUP}_{api.PLURAL}.yaml"
 # Helm installs what is in a chart's crds/ before its templates; the chart ships the same file.
 OUTPUT_PATHS = (CRD_PATH, Path("charts/finetune-operator/crds") / CRD_PATH.name)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 HEADER = "# Generated from operator/finetune_operator/api.py by `make generate`. Do not edit.\n"
 
 PRINTER_COLUMNS = [
@@ -81,6 +82,11 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if exclusive in node and not isinstance(node[exclusive], bool):
             node[bound] = node.pop(exclusive)
             node[exclusive] = True
+    if node.get("type") == "integer":
+        # Kubernetes stores integers as int64; larger ones overflow every reader of the spec.
+        node.setdefault("format", "int64")
+        node.setdefault("minimum", INT64_MIN)
+        node.setdefault("maximum", INT64_MAX)
     if "properties" in node:
         node["properties"] = {k: to_structural(v, defs) for k, v in node["properties"].items()}
         node["type"] = "object"

@@ -20,7 +20,14 @@ import kopf
 from finetune_operator import api, children, timeutil
 from finetune_operator.actions import ApplySpec, DeleteJob, Fail, KeepSpec, WakeAt
 from finetune_operator.api import Phase
-from finetune_operator.children import NameConflict, PredecessorPending, job_path, rayjob_path
+from finetune_operator.children import (
+    ChildRejected,
+    NameConflict,
+    PredecessorPending,
+    UnbuildableSpec,
+    job_path,
+    rayjob_path,
+)
 from finetune_operator.context import Context
 from finetune_operator.events import post_event
 from finetune_operator.kube import ApiError
@@ -121,12 +128,14 @@ async def _act(context: Context, body: dict[str, Any], outcome: Outcome) -> None
     if not await context.kuberay_served():
         outcome.observe(Observation(Phase.PENDING, "KubeRayMissing", KUBERAY_MISSING))
         raise kopf.TemporaryError(KUBERAY_MISSING, delay=context.settings.kuberay_retry_seconds)
-    configmap, rayjob = await _ensure_children(context, job, outcome)
+    with _children_failures(context, outcome):
+        configmap, rayjob = await children.ensure_children(context.client, job, context.settings)
     await _sync_suspend(context, rayjob, job.spec.run_policy.suspend, outcome)
     observation = await _observe(context, job, rayjob, outcome)
     decision = immutable.decide(children.carried_spec(configmap), job, observation.phase, rayjob)
     if isinstance(decision, ApplySpec):
-        rayjob = await children.rebuild_children(context.client, job, context.settings)
+        with _children_failures(context, outcome):
+            rayjob = await children.rebuild_children(context.client, job, context.settings)
         outcome.queue(decision.event)
     generation = body.get("metadata", {}).get("generation")
     outcome.observe(
@@ -166,18 +175,25 @@ async def _follow_rayjob(
     outcome.observe(observation, rayjob=rayjob, attempts=attempts_from_rayjob(rayjob.get("status")))
 
 
-async def _ensure_children(
-    context: Context, job: api.FineTuneJob, outcome: Outcome
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ConfigMap and the RayJob, found or created; a foreign namesake fails the job."""
+@contextlib.contextmanager
+def _children_failures(context: Context, outcome: Outcome) -> Iterator[None]:
+    """What building or creating the children can run into, as the job's status: a foreign
+    namesake, a predecessor still going, or a spec no child can be made of."""
     try:
-        return await children.ensure_children(context.client, job, context.settings)
+        yield
     except NameConflict as conflict:
         outcome.observe(Observation(Phase.FAILED, "NameConflict", str(conflict)))
         raise kopf.PermanentError(str(conflict)) from conflict
     except PredecessorPending as waiting:
         outcome.observe(Observation(Phase.PENDING, "PreviousJobTerminating", str(waiting)))
         raise kopf.TemporaryError(str(waiting), delay=context.settings.retry_seconds) from waiting
+    except UnbuildableSpec as error:
+        message = f"the spec passed validation but cannot be built into a RayJob: {error}"
+        outcome.observe(Observation(Phase.FAILED, "InvalidSpec", message))
+        raise kopf.PermanentError(message) from error
+    except ChildRejected as rejected:
+        outcome.observe(Observation(Phase.FAILED, "ChildRejected", str(rejected)))
+        raise kopf.PermanentError(str(rejected)) from rejected
 
 
 async def _sync_suspend(

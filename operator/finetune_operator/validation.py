@@ -23,11 +23,10 @@ from typing import Any
 import celpy
 import jsonschema
 import pydantic
-import yaml
 from celpy import CELEvalError, json_to_cel  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from finetune_operator import api, crd, kube_values
+from finetune_operator import api, crd, kube_values, kubeyaml
 from finetune_operator.errors import UserError
 
 PATTERN_HINTS = {
@@ -122,13 +121,9 @@ def load_job_file(path: Path) -> api.FineTuneJob:
 def _load_jobs(path: Path) -> list[api.FineTuneJob]:
     """Every job in a YAML file, read and validated once; InvalidSpec with `FILE: ...` lines."""
     try:
-        documents = list(_load_yaml_documents(path.read_text(encoding="utf-8")))
-    except OSError as error:
-        raise _file_problem(path, f"cannot read: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise _file_problem(path, "not a UTF-8 text file") from None
-    except yaml.YAMLError as error:
-        raise _file_problem(path, _describe_yaml_error(error)) from None
+        documents = list(kubeyaml.load_documents(kubeyaml.read_manifest_text(path)))
+    except kubeyaml.ManifestFileError as error:
+        raise _file_problem(path, str(error)) from None
     if not documents:
         raise _file_problem(path, "no FineTuneJob in the file (it is empty)")
     jobs, lines = [], []
@@ -145,41 +140,6 @@ def _load_jobs(path: Path) -> list[api.FineTuneJob]:
 
 def _file_problem(path: Path, message: str) -> InvalidSpec:
     return InvalidSpec([Problem("", f"{path}: {message}")])
-
-
-# ---------------------------------------------------------------------------- YAML
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: the later one would silently win."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    keys: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in keys:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        keys.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _load_yaml_documents(text: str) -> Iterator[Any]:
-    for document in yaml.load_all(text, Loader=_StrictLoader):
-        if document is not None:
-            yield document
-
-
-def _describe_yaml_error(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    problem = getattr(error, "problem", None) or str(error)
-    return f"{where}invalid YAML: {problem}"
 
 
 # ---------------------------------------------------------------------------- layer 1: models
@@ -345,9 +305,19 @@ def _rule_problems(schema: dict[str, Any], value: Any, old: Any, path: str) -> I
     rules = schema.get("x-kubernetes-validations", [])
     if not rules:
         return
-    variables = {"self": _to_cel(value, schema)}
-    if old is not None and any("oldSelf" in rule["rule"] for rule in rules):
-        variables["oldSelf"] = _to_cel(old, schema)
+    try:
+        variables = {"self": _to_cel(value, schema)}
+        if old is not None and any("oldSelf" in rule["rule"] for rule in rules):
+            variables["oldSelf"] = _to_cel(old, schema)
+    except ValueError:  # cel-python refuses integers past int64 ("overflow")
+        found = _past_int64(value, path)
+        stored = None if found else _past_int64(old, path)
+        message = "an integer past int64, which CEL cannot represent"
+        yield Problem(
+            (found or stored or path).lstrip("."),
+            message + " (in the stored object)" * bool(stored),
+        )
+        return
     for rule in rules:
         if "oldSelf" in rule["rule"] and "oldSelf" not in variables:
             continue  # a transition rule: only an update has an old object
@@ -359,6 +329,19 @@ def _rule_problems(schema: dict[str, Any], value: Any, old: Any, path: str) -> I
         if not passed:
             field = rule.get("fieldPath", "")
             yield Problem(f"{path}{field}".lstrip("."), rule["message"])
+
+
+def _past_int64(value: Any, path: str) -> str | None:
+    """The path of the first integer in `value` that int64 cannot hold."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return path
+    if isinstance(value, dict):
+        children = [(f"{path}.{key}", child) for key, child in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{path}[{index}]", child) for index, child in enumerate(value)]
+    else:
+        return None
+    return next(filter(None, (_past_int64(child, where) for where, child in children)), None)
 
 
 def _to_cel(value: Any, schema: dict[str, Any]) -> Any:

@@ -221,3 +221,28 @@ async def test_409_for_our_own_rayjob_counts_as_created(cluster: Cluster, operat
     assert cluster.creations(RAYJOBS) == 2  # ours above, and the operator's one 409
     assert cluster.names(RAYJOBS) == ["raced"]
     assert cluster.status("raced")["phase"] == "Pending"
+
+
+async def test_a_rayjob_the_api_server_refuses_fails_the_job_once(
+    cluster: Cluster, operator
+) -> None:
+    cluster.install_kuberay()
+    cause = {
+        "reason": "FieldValueInvalid",
+        "field": "spec.activeDeadlineSeconds",
+        "message": "Invalid value: 2147483648: must be less than or equal to 2147483647",
+    }
+    cluster.emulator[kmock.method.POST, kmock.resource(RAYJOBS)] << (
+        lambda: kmock.KubernetesError(422, "Invalid", "RayJob is invalid", {"causes": [cause]})
+    )
+    await cluster.apply_job(MakeJob.operator("refused", namespace=NAMESPACE).stored().obj())
+
+    status = await eventually(
+        lambda: cluster.status("refused").get("phase") and cluster.status("refused")
+    )
+    assert (status["phase"], status["reason"]) == ("Failed", "ChildRejected")
+    assert f"spec.activeDeadlineSeconds: {cause['message']}" in status["message"]
+    event = await eventually(lambda: cluster.events("refused"), what="the Warning Event")
+    assert (event[0]["type"], event[0]["reason"]) == ("Warning", "ChildRejected")
+    await asyncio.sleep(2 * TEST_SETTINGS.retry_seconds + 0.5)  # a retry would have come by now
+    assert cluster.creations(RAYJOBS) == 1

@@ -1,7 +1,8 @@
 """An in-memory stand-in for KubeClient: objects by path, and a log of every write.
 
 Enough of the API server for one reconcile pass to run without a cluster: get, create (409
-when taken), JSON merge patch (a `/status` path patches its object), delete, serves.
+when taken, 422 where `reject` says so), JSON merge patch (a `/status` path patches its
+object), delete, serves.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ class FakeKube:
         self.objects: dict[str, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any]] = []
         self.serves_rayjobs = serves_rayjobs
+        self.rejected: dict[str, dict[str, Any]] = {}
+
+    def reject(self, collection: str, field: str, message: str) -> None:
+        """Creates in `collection` fail as the API server fails an invalid object: 422 with
+        a Status whose details.causes name the field."""
+        self.rejected[collection] = {
+            "kind": "Status",
+            "status": "Failure",
+            "reason": "Invalid",
+            "code": 422,
+            "message": f"is invalid: {field}: {message}",
+            "details": {
+                "causes": [{"reason": "FieldValueInvalid", "field": field, "message": message}]
+            },
+        }
 
     def put(self, path: str, obj: dict[str, Any]) -> None:
         self.objects[path] = copy.deepcopy(obj)
@@ -57,6 +73,8 @@ class FakeKube:
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         self.writes.append(("POST", path, copy.deepcopy(dict(body))))
         key = f"{path}/{body['metadata']['name']}"
+        if path in self.rejected:
+            raise ApiError(422, "POST", path, copy.deepcopy(self.rejected[path]))
         if key in self.objects:
             raise ApiError(409, "POST", path, {"message": "already exists"})
         self.objects[key] = copy.deepcopy(dict(body))

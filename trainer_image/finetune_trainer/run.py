@@ -24,6 +24,7 @@ from finetune_operator.validation import InvalidSpec, load_job_file
 from finetune_trainer import cluster, layout, ray_train, tracker
 from finetune_trainer.history import HISTORY, append_history, read_history, truncate_history
 from finetune_trainer.model_card import MODEL_CARD, model_card
+from finetune_trainer.overlap import check_output_clear_of_sources
 from finetune_trainer.progress_server import ProgressBoard, final_result, serving
 from finetune_trainer.reports import LOSS_PLOT, METRICS, plot_loss, throughput, write_metrics
 from finetune_trainer.storage import local_errors
@@ -131,6 +132,9 @@ def plan_run(job_path: Path, *, output: Path | None, workers: int | None) -> Run
     for note in workers_layout.notes:
         print(f"note: {note}")
     layout.check_method_supported(spec.method, workers_layout)  # before any data or model work
+    check_output_clear_of_sources(
+        out.uri if out.remote else str(out.local_dir), spec, base_dir=base_dir, what="output"
+    )
     hp = spec.hyperparameters
     plan_batch(hp.batch_size, workers_layout.world_size, hp.micro_batch_size)
     model_dir = resolve_model_dir(spec.model, base_dir=base_dir)  # a bad source fails here, early

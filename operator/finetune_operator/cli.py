@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from finetune_trainer.run import run_command
 
     output = Path(args.output) if args.output else None
-    return int(run_command(Path(args.file), output=output, workers=args.workers))
+    return int(run_command(Path(args.file), output=output, workers=args.workers, fresh=args.fresh))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, metavar="DIR", help="overrides spec.output")
     run.add_argument(
         "--workers", type=int, default=None, help="Ray workers (default: spec.resources.workers)"
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train from step 0: move this run's old checkpoints aside (never deleted) "
+        "instead of resuming from them",
     )
     run.set_defaults(handler=cmd_run)
     return parser

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from finetune_trainer import reaper
+
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 VERBOSE_ENV = "FINETUNE_VERBOSE"
 # A small object store: the prepared rows are the biggest objects we put in it.
@@ -20,7 +22,8 @@ def connect() -> None:
 
     Locally, worker logs stay in Ray's session folder unless FINETUNE_VERBOSE=1: the
     terminal shows the progress bar, and a failure's traceback still comes back through
-    fit(). In a cluster they go to the driver's log, which is what `kubectl logs` shows."""
+    fit(). In a cluster they go to the driver's log, which is what `kubectl logs` shows.
+    A local instance dies with this process, even when it is killed (see reaper)."""
     import ray
 
     if ray.is_initialized():
@@ -28,6 +31,7 @@ def connect() -> None:
     if in_cluster():
         ray.init(log_to_driver=True)
         return
+    reaper.start()  # before Ray starts, so that everything it starts carries the mark
     ray.init(
         num_cpus=os.cpu_count() or 1,
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,

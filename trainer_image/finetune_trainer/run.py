@@ -21,9 +21,10 @@ from finetune_operator import api
 from finetune_operator.errors import UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
-from finetune_trainer import cluster, layout, ray_train, tracker
+from finetune_trainer import cluster, layout, lineage, ray_train, tracker
 from finetune_trainer.history import HISTORY, append_history, read_history, truncate_history
 from finetune_trainer.model_card import MODEL_CARD, model_card
+from finetune_trainer.overlap import check_output_clear_of_sources
 from finetune_trainer.progress_server import ProgressBoard, final_result, serving
 from finetune_trainer.reports import LOSS_PLOT, METRICS, plot_loss, throughput, write_metrics
 from finetune_trainer.storage import local_errors
@@ -60,6 +61,7 @@ class RunPlan:
     workers: layout.WorkerLayout
     model_dir: Path  # the base model's folder (downloaded when remote)
     local: bool  # no RayJob around us: Ray starts here, after the data is prepared
+    fresh: bool = False  # --fresh: move this run's old checkpoints aside instead of resuming
 
     @property
     def spec(self) -> api.FineTuneJobSpec:
@@ -77,12 +79,15 @@ class RunPlan:
 class RunData:
     splits: Splits  # tokenised rows and the step counts they make
     report: dict[str, Any]  # data_report.json: the data stage's counts and the token stats
+    lineage: lineage.Lineage  # what the checkpoints of this run are trained from
 
 
-def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> int:
+def run_command(
+    job_path: Path, *, output: Path | None, workers: int | None, fresh: bool = False
+) -> int:
     """Run the job in `job_path`; 0 on success, 2 on bad input, 130 when interrupted."""
     try:
-        return _run(job_path, output=output, workers=workers)
+        return _run(job_path, output=output, workers=workers, fresh=fresh)
     except InvalidSpec as error:
         for problem in error.problems:  # each already reads "FILE: spec.path: reason"
             print(f"finetune run: {problem}", file=sys.stderr)
@@ -92,11 +97,12 @@ def run_command(job_path: Path, *, output: Path | None, workers: int | None) -> 
         return EXIT_BAD_INPUT
 
 
-def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
+def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: bool) -> int:
     from finetune_trainer.progress import ProgressView, summary_table
 
-    plan = plan_run(job_path, output=output, workers=workers)
+    plan = plan_run(job_path, output=output, workers=workers, fresh=fresh)
     data = prepare_data(plan)
+    claim_checkpoints(plan, data)
     view, board = ProgressView(), ProgressBoard()
     with serving(board):  # /progress for the operator, when it asks for one
         state = train(plan, data, view, board)
@@ -109,7 +115,9 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None) -> int:
     return 0
 
 
-def plan_run(job_path: Path, *, output: Path | None, workers: int | None) -> RunPlan:
+def plan_run(
+    job_path: Path, *, output: Path | None, workers: int | None, fresh: bool = False
+) -> RunPlan:
     """Parse the job, lay out the workers and refuse what cannot run, before any real work."""
     from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
     from finetune_trainer.model import resolve_model_dir
@@ -131,23 +139,39 @@ def plan_run(job_path: Path, *, output: Path | None, workers: int | None) -> Run
     for note in workers_layout.notes:
         print(f"note: {note}")
     layout.check_method_supported(spec.method, workers_layout)  # before any data or model work
+    check_output_clear_of_sources(
+        out.uri if out.remote else str(out.local_dir), spec, base_dir=base_dir, what="output"
+    )
     hp = spec.hyperparameters
     plan_batch(hp.batch_size, workers_layout.world_size, hp.micro_batch_size)
     model_dir = resolve_model_dir(spec.model, base_dir=base_dir)  # a bad source fails here, early
-    return RunPlan(job, base_dir, out, workers_layout, model_dir, local)
+    return RunPlan(job, base_dir, out, workers_layout, model_dir, local, fresh)
 
 
 def prepare_data(plan: RunPlan) -> RunData:
-    """Clean, split and tokenise the records; write the splits and data_report.json."""
+    """Clean, split and tokenise the records; refuse checkpoints another job made; write
+    the splits and data_report.json."""
     from finetune_trainer.data import prepare_records, write_prepared
     from finetune_trainer.rows import tokenize_splits
 
     prepared = prepare_records(plan.spec, base_dir=plan.base_dir)
     splits = tokenize_splits(prepared, plan.spec, plan.model_dir)
+    records = {"train": prepared.train, "validation": prepared.validation}
+    run_lineage = lineage.lineage_of(plan.spec, records, plan.workers.world_size)
+    # Before anything is written: a refused run leaves the old run's files as they were.
+    lineage.check(plan.out.checkpoint_storage, plan.name, run_lineage, fresh=plan.fresh,
+                  zero_stage=plan.spec.deepspeed.zero_stage)  # fmt: skip
     # Written once, after tokenising: the report carries the rows' token counts too.
     report = prepared.report | splits.stats
     write_prepared(replace(prepared, report=report), plan.out.local_dir)
-    return RunData(splits, report)
+    return RunData(splits, report, run_lineage)
+
+
+def claim_checkpoints(plan: RunPlan, data: RunData) -> None:
+    """Tie the run's checkpoints to this job (after moving old ones aside under --fresh)."""
+    moved = lineage.claim(plan.out.checkpoint_storage, plan.name, data.lineage, fresh=plan.fresh)
+    if moved is not None:
+        print(f"note: --fresh: moved the old checkpoints to {moved}; training starts at step 0")
 
 
 def train(
@@ -301,8 +325,9 @@ class _HistoryFollower:
         state: TrackerState = ray.get(self.tracker.poll.remote())
         if state.resumed_at is not None and state.attempts > self.attempts_seen:
             self.attempts_seen = state.attempts
-            # Steps after the checkpoint an attempt resumes from are trained again.
-            truncate_history(self.history_path, state.resumed_at)
+            # Steps after the checkpoint an attempt resumes from are trained again; from step
+            # 0 (a first or --fresh run) that includes the baseline evaluation at step 0.
+            truncate_history(self.history_path, state.resumed_at or -1)
         if state.start_step is not None and not self.started_view:
             self.started_view = True
             self.view.start(state.start_step, self.total_steps)

@@ -17,6 +17,7 @@ from finetune_trainer.data.pipeline import stream_prepared, write_report
 from finetune_trainer.data.report import summary_lines
 from finetune_trainer.errors import DataError, ModelSourceError
 from finetune_trainer.model import load_tokenizer
+from finetune_trainer.overlap import check_output_clear_of_sources
 
 
 def prepare_command(job_path: Path, output_dir: Path) -> int:
@@ -38,6 +39,10 @@ def prepare_command(job_path: Path, output_dir: Path) -> int:
 def _prepare(job_path: Path, output_dir: Path) -> dict[str, Any]:
     base_dir = job_path.parent.resolve()
     job = load_job_file(job_path)
+    # --output is the user's own path, relative to where they are, not to the job file.
+    check_output_clear_of_sources(
+        str(output_dir.resolve()), job.spec, base_dir=base_dir, what="--output"
+    )
     report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
     tokenizer, note = tokenizer_for_stats(job.spec, base_dir=base_dir)
     add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from finetune_operator import api
+from finetune_operator.validation import InvalidSpec, parse_job
 from finetune_trainer.data import prepare_records
 from finetune_trainer.errors import DataError
 
@@ -135,5 +137,12 @@ def test_mix_of_another_chat_format_becomes_messages(tmp_path):
 def test_incompatible_mix_format_names_the_field(tmp_path):
     write_jsonl(tmp_path / "replay.jsonl", [{"text": "plain text"}])
     mix = [{"source": "replay.jsonl", "format": "text", "weight": 0.1}]
+    manifest = MakeJob.data_stage().spec(dataset={"mix": mix}).obj()
+    # `finetune validate` refuses this statically now; the data stage still refuses it too,
+    # for a spec that reached it some other way (the models alone, without static checks).
+    with pytest.raises(InvalidSpec, match=r"spec\.dataset\.mix\[0\]\.format"):
+        parse_job(manifest)
+    write_jsonl(tmp_path / "train.jsonl", arithmetic_records(5))
+    spec = api.FineTuneJob.model_validate(manifest).spec
     with pytest.raises(DataError, match=r"spec\.dataset\.mix\[0\]\.format"):
-        prepare_in(tmp_path, arithmetic_records(5), dataset={"mix": mix})
+        prepare_records(spec, base_dir=tmp_path)

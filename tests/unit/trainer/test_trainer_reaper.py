@@ -20,6 +20,10 @@ def test_the_reaper_kills_marked_processes_when_the_driver_pipe_closes():
     token = "test-" + os.urandom(6).hex()
     marked, unmarked = sleeper(token), subprocess.Popen(["sleep", "300"])
     try:
+        # Until the child has exec'd, /proc shows the parent's environment: wait for the mark.
+        deadline = time.monotonic() + 10
+        while reaper.marked(token) != [marked.pid] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert reaper.marked(token) == [marked.pid]
         watcher = subprocess.Popen(
             [sys.executable, str(Path(reaper.__file__)), token], stdin=subprocess.PIPE

@@ -63,6 +63,15 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
             await post_event(context.client, dict(body), event)
         await reconcile(context, namespace or "default", name)
 
+    # No finalizer (a stopped operator must not block `kubectl delete`), so a deleted job is
+    # noticed from its watch event; the resync forgets any whose event was missed.
+    @kopf.on.event(*FINETUNEJOBS, id="forget-deleted", registry=registry)
+    def forget_deleted_job(
+        event: kopf.RawEvent, name: str, namespace: str | None, **_: Any
+    ) -> None:
+        if event.get("type") == "DELETED":
+            context.forget(namespace or "default", name)
+
     @kopf.on.event(
         *RAYJOBS, id="follow-rayjob", labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry
     )

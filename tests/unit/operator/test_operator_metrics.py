@@ -117,7 +117,9 @@ def test_jobs_are_counted_by_namespace_and_phase_every_phase_present(jobs, expec
         metrics.record_job(namespace, name, status(phase=phase))
     for namespace, counts in expected.items():
         assert phase_counts(metrics, namespace) == counts
-    namespaces = {dict(labels)["namespace"] for (name, labels) in scrape(metrics) if name == "finetune_jobs"}
+    namespaces = {
+        dict(labels)["namespace"] for (name, labels) in scrape(metrics) if name == "finetune_jobs"
+    }
     assert namespaces == set(expected)
 
 
@@ -131,7 +133,9 @@ def test_a_job_that_moves_on_is_counted_once_in_its_new_phase() -> None:
 
 def test_a_forgotten_job_loses_its_series_and_its_namespace_counts_zero() -> None:
     metrics = OperatorMetrics()
-    metrics.record_job("team-a", "llama", status(phase="Running", attempts=1, progress=FULL_PROGRESS))
+    metrics.record_job(
+        "team-a", "llama", status(phase="Running", attempts=1, progress=FULL_PROGRESS)
+    )
     metrics.record_job("team-a", "other", status(phase="Pending"))
     metrics.forget_job("team-a", "llama")
     assert job_samples(metrics, "team-a", "llama") == {}
@@ -176,14 +180,23 @@ def test_a_finished_job_is_timed_from_creation_to_completion(fields, created, ex
 def test_job_durations_fall_in_buckets_from_minutes_to_days() -> None:
     metrics = OperatorMetrics()
     for hours in (0.05, 3, 30):
-        end = f"2026-01-0{1 + int(hours // 24)}T{int(hours % 24):02d}:{int(hours * 60 % 60):02d}:00Z"
-        metrics.record_finished(status(phase="Succeeded", completionTime=end), "2026-01-01T00:00:00Z")
+        end = (
+            f"2026-01-0{1 + int(hours // 24)}T{int(hours % 24):02d}:{int(hours * 60 % 60):02d}:00Z"
+        )
+        metrics.record_finished(
+            status(phase="Succeeded", completionTime=end), "2026-01-01T00:00:00Z"
+        )
     buckets = {
         dict(labels)["le"]: value
         for (name, labels), value in scrape(metrics).items()
         if name == "finetune_job_duration_seconds_bucket" and dict(labels)["outcome"] == "Succeeded"
     }
-    assert (buckets["300.0"], buckets["14400.0"], buckets["86400.0"], buckets["172800.0"]) == (1, 2, 2, 3)
+    assert (buckets["300.0"], buckets["14400.0"], buckets["86400.0"], buckets["172800.0"]) == (
+        1,
+        2,
+        2,
+        3,
+    )
 
 
 async def timed(metrics: OperatorMetrics, error: BaseException | None) -> None:
@@ -191,7 +204,7 @@ async def timed(metrics: OperatorMetrics, error: BaseException | None) -> None:
         async with metrics.timed_pass():
             if error is not None:
                 raise error
-    except BaseException as raised:  # noqa: BLE001 - the test raised it on purpose
+    except BaseException as raised:  # the test raised it on purpose
         assert raised is error
 
 
@@ -251,8 +264,13 @@ async def test_a_pass_exports_the_status_it_leaves_including_progress_written_by
     context = Context(settings=Settings(trainer_image="registry.local/t:1"), client=kube)
     await one_pass(context)
     assert phase_counts(context.metrics, NS)["Pending"] == 1
-    kube.objects[rayjob_path(NS, NAME)]["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
-    kube.objects[job_path(NS, NAME)]["status"]["progress"] = FULL_PROGRESS  # as the poller writes it
+    kube.objects[rayjob_path(NS, NAME)]["status"] = {
+        "jobDeploymentStatus": "Running",
+        "jobStatus": "RUNNING",
+    }
+    kube.objects[job_path(NS, NAME)]["status"]["progress"] = (
+        FULL_PROGRESS  # as the poller writes it
+    )
     await one_pass(context)
     assert phase_counts(context.metrics, NS)["Running"] == 1
     assert job_samples(context.metrics, NS, NAME)["finetune_job_train_loss"] == 1.25

@@ -46,7 +46,7 @@ JOB_GAUGES = (
      "tokens_per_second"),
     ("finetune_job_eta_seconds", "Estimated seconds until the job's training finishes.",
      "eta_seconds"),
-    ("finetune_job_attempts", "Ray cluster attempts the job has made (1 + retries).",
+    ("finetune_job_attempts", "Ray clusters the job started: 0 while waiting, then 1 + retries.",
      "attempts"),
 )  # fmt: skip
 
@@ -65,9 +65,12 @@ class JobSnapshot:
 
     @classmethod
     def of(cls, status: FineTuneJobStatus) -> JobSnapshot:
+        # Every job has an attempts series (0 before its first Ray cluster): the dashboard's
+        # job list comes from it, and a job still waiting must be in that list too.
+        attempts = status.attempts or 0
         progress = status.progress
         if progress is None:
-            return cls(phase=status.phase, attempts=status.attempts)
+            return cls(phase=status.phase, attempts=attempts)
         percent = progress.percent
         return cls(
             phase=status.phase,
@@ -76,7 +79,7 @@ class JobSnapshot:
             eval_loss=progress.eval_loss,
             tokens_per_second=progress.tokens_per_second,
             eta_seconds=progress.eta_seconds,
-            attempts=status.attempts,
+            attempts=attempts,
         )
 
 

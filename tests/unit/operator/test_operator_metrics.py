@@ -58,7 +58,7 @@ FULL_PROGRESS = {
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"phase": "Pending"}, {}),
+        ({"phase": "Pending"}, {"finetune_job_attempts": 0}),
         ({"phase": "Initializing", "attempts": 1}, {"finetune_job_attempts": 1}),
         (
             {"phase": "Running", "attempts": 2, "progress": FULL_PROGRESS},

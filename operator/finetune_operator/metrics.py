@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from finetune_operator import timeutil
-from finetune_operator.api import FineTuneJobStatus, Phase
+from finetune_operator.api import FineTuneJobStatus, Phase, Progress
 from finetune_operator.kube import ApiError
 
 # A fine-tune takes minutes (a smoke test) to days (a large model): 1 minute to 1 week.
@@ -71,16 +71,24 @@ class JobSnapshot:
         progress = status.progress
         if progress is None:
             return cls(phase=status.phase, attempts=attempts)
-        percent = progress.percent
         return cls(
             phase=status.phase,
-            progress_ratio=None if percent is None else percent / 100,
+            progress_ratio=progress_ratio(progress),
             train_loss=progress.train_loss,
             eval_loss=progress.eval_loss,
             tokens_per_second=progress.tokens_per_second,
             eta_seconds=progress.eta_seconds,
             attempts=attempts,
         )
+
+
+def progress_ratio(progress: Progress) -> float | None:
+    """percent / 100, else step / totalSteps (a status written without percent)."""
+    if progress.percent is not None:
+        return progress.percent / 100
+    if progress.step is not None and progress.total_steps:
+        return progress.step / progress.total_steps
+    return None
 
 
 class JobCollector(Collector):

@@ -73,12 +73,15 @@ FULL_PROGRESS = {
             {"phase": "Running", "attempts": 1, "progress": {"step": 1, "percent": 1.0, "trainLoss": 6.5}},
             {"finetune_job_progress_ratio": 0.01, "finetune_job_train_loss": 6.5, "finetune_job_attempts": 1},
         ),
+        ({"phase": "Running", "attempts": 1, "progress": {"step": 50, "totalSteps": 200}},
+         {"finetune_job_progress_ratio": 0.25, "finetune_job_attempts": 1}),
+        ({"phase": "Running", "attempts": 1, "progress": {"step": 0, "totalSteps": 0}}, {"finetune_job_attempts": 1}),
         (
             {"phase": "Succeeded", "attempts": 1, "progress": {"percent": 100.0, "etaSeconds": 0.0}},
             {"finetune_job_progress_ratio": 1.0, "finetune_job_eta_seconds": 0.0, "finetune_job_attempts": 1},
         ),
     ],
-    ids=["pending", "initializing", "running", "no-eval-yet", "succeeded"],
+    ids=["pending", "initializing", "running", "no-eval-yet", "steps-no-percent", "no-steps-planned", "succeeded"],
 )  # fmt: skip
 def test_job_gauges_show_what_the_status_holds(fields, expected) -> None:
     metrics = OperatorMetrics()

@@ -6,12 +6,15 @@ queried through its HTTP API as Grafana queries it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,18 @@ def require(program: str) -> str:
     if path is None:
         pytest.skip(f"`{program}` is not installed (Debian: apt-get install prometheus)")
     return path
+
+
+@contextlib.asynccontextmanager
+async def prometheus_scraping(folder: Path, targets: list[str]) -> AsyncIterator[PrometheusServer]:
+    """A started PrometheusServer, stopped afterwards (started off the event loop, which
+    may be serving the API the scraped operator needs meanwhile)."""
+    server = PrometheusServer(folder, targets)
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 class PrometheusServer:
@@ -78,6 +93,11 @@ class PrometheusServer:
         while not self._ready():
             assert self.process.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, "prometheus did not become ready"
+            time.sleep(0.2)
+        # Every target scraped once before the test goes on, as by a Prometheus that was
+        # there first: a rate needs the counters' zeros from before the events it counts.
+        while len(self.query("up == 1")) < len(self.targets):
+            assert time.monotonic() < deadline, "prometheus did not scrape every target"
             time.sleep(0.2)
 
     def _ready(self) -> bool:

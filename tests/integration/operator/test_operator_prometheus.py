@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import math
 import subprocess
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,6 +28,7 @@ from tests.integration.operator.operator_cluster import (
 from tests.integration.operator.prometheus_server import (
     SCRAPE_SECONDS,
     PrometheusServer,
+    prometheus_scraping,
     require,
 )
 
@@ -93,31 +94,34 @@ def finite(result: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(sample["value"][1])) for sample in result)
 
 
-@pytest.fixture
-async def operator_with_metrics(cluster: Cluster, tmp_path: Path) -> AsyncIterator[int]:
+@contextlib.asynccontextmanager
+async def operator_serving_metrics(
+    cluster: Cluster, folder: Path, resync_seconds: float = TEST_SETTINGS.resync_seconds
+) -> AsyncIterator[int]:
     """`finetune-operator` with its metrics on a free port (the port is yielded)."""
     cluster.install_kuberay()
     for namespace in ("team-a", "team-b"):
         cluster.add_namespace(namespace)
     port = free_port()
-    process = OperatorProcess(cluster, tmp_path, metrics_port=port)
+    env = {"FINETUNE_RESYNC_SECONDS": str(resync_seconds)}
+    process = OperatorProcess(cluster, folder, metrics_port=port, env=env)
     await process.start()
-    yield port
-    process.terminate()
+    try:
+        yield port
+    finally:
+        process.terminate()
 
 
 @pytest.fixture
-def prometheus(operator_with_metrics: int, tmp_path: Path) -> Any:
-    server = PrometheusServer(tmp_path, [f"127.0.0.1:{operator_with_metrics}"])
-    server.start()
-    # Scraped once before any job finishes, as a Prometheus that was there first: a rate
-    # needs the counters' zeros.
-    deadline = time.monotonic() + 30
-    while not server.query('up{job="finetune-operator"} == 1'):
-        assert time.monotonic() < deadline, "prometheus never scraped the operator"
-        time.sleep(0.2)
-    yield server
-    server.stop()
+async def operator_with_metrics(cluster: Cluster, tmp_path: Path) -> AsyncIterator[int]:
+    async with operator_serving_metrics(cluster, tmp_path) as port:
+        yield port
+
+
+@pytest.fixture
+async def prometheus(operator_with_metrics: int, tmp_path: Path) -> AsyncIterator[PrometheusServer]:
+    async with prometheus_scraping(tmp_path, [f"127.0.0.1:{operator_with_metrics}"]) as server:
+        yield server
 
 
 async def jobs_in_several_phases(cluster: Cluster) -> None:
@@ -224,30 +228,47 @@ async def test_live_metrics_pass_promtool_without_warnings(
         assert name in text
 
 
-async def test_series_of_deleted_jobs_disappear(
-    cluster: Cluster, operator_with_metrics: int, prometheus: PrometheusServer
+async def test_a_job_deleted_through_the_api_loses_its_series_at_once(
+    cluster: Cluster, tmp_path: Path
 ) -> None:
-    port = operator_with_metrics
-    await submit(cluster, "team-a", "doomed")
-    await submit(cluster, "team-b", "ghost")
-    for name in ("doomed", "ghost"):
-        await eventually(functools.partial(exports, port, name), what=f"{name}'s series")
-    await eventually(lambda: prometheus.query('finetune_job_attempts{job="doomed"}'), timeout=15)
-
-    # Deleted through the API: kopf sees the DELETED event.
-    await cluster.send("DELETE", "/apis/finetune.io/v1alpha1/namespaces/team-a/finetunejobs/doomed")
-    # Gone behind the API's back (a watch that missed it): the resync notices.
-    cluster.emulator.objects[FINETUNEJOBS, "team-b", "ghost"].delete()
-
-    for name in ("doomed", "ghost"):
+    # No resync within the test's time: the DELETED watch event alone must do it.
+    async with (
+        operator_serving_metrics(cluster, tmp_path, resync_seconds=600) as port,
+        prometheus_scraping(tmp_path, [f"127.0.0.1:{port}"]) as prometheus,
+    ):
+        await submit(cluster, "team-a", "doomed")
+        await submit(cluster, "team-a", "kept")
+        await eventually(functools.partial(exports, port, "doomed"), what="doomed's series")
         await eventually(
-            functools.partial(exports, port, name, present=False),
-            timeout=TEST_SETTINGS.resync_seconds * 5, what=f"{name}'s series to go",
+            lambda: prometheus.query('finetune_job_attempts{job="doomed"}'), timeout=15
+        )
+
+        await cluster.send(
+            "DELETE", "/apis/finetune.io/v1alpha1/namespaces/team-a/finetunejobs/doomed"
+        )
+
+        await eventually(functools.partial(exports, port, "doomed", present=False), timeout=10)
+        page = scrape(port)
+        assert 'finetune_jobs{namespace="team-a",phase="Pending"} 1.0' in page  # "kept" only
+        assert 'job="kept"' in page
+        # Prometheus marks the vanished series stale at its next scrape.
+        await eventually(
+            lambda: not prometheus.query('finetune_job_attempts{job="doomed"}'), timeout=15
+        )
+
+
+async def test_a_job_gone_without_a_watch_event_is_forgotten_by_the_resync(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    async with operator_serving_metrics(cluster, tmp_path) as port:
+        await submit(cluster, "team-b", "ghost")
+        await eventually(functools.partial(exports, port, "ghost"), what="ghost's series")
+
+        # Gone behind the API's back, as when a watch misses the deletion.
+        cluster.emulator.objects[FINETUNEJOBS, "team-b", "ghost"].delete()
+
+        await eventually(
+            functools.partial(exports, port, "ghost", present=False),
+            timeout=TEST_SETTINGS.resync_seconds * 5, what="the resync to forget it",
         )  # fmt: skip
-    page = scrape(port)
-    assert 'finetune_jobs{namespace="team-a",phase="Pending"} 0.0' in page
-    assert 'finetune_jobs{namespace="team-b",phase="Pending"} 0.0' in page
-    # Prometheus marks the vanished series stale at its next scrape.
-    await eventually(
-        lambda: not prometheus.query('finetune_job_attempts{job="doomed"}'), timeout=15
-    )
+        assert 'finetune_jobs{namespace="team-b",phase="Pending"} 0.0' in scrape(port)

@@ -39,11 +39,13 @@ test: setup ## run every test (unit, integration, e2e)
 test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest tests/unit
 
-generate: setup ## regenerate the CRD from the API models
+generate: setup ## regenerate the CRD and the Grafana dashboard
 	$(PY) -m finetune_operator.crd
+	$(PY) -m finetune_operator.dashboard
 
-verify: setup ## fail on a stale CRD, lint or type errors
+verify: setup ## fail on a stale CRD or dashboard, lint or type errors
 	$(PY) -m finetune_operator.crd --check
+	$(PY) -m finetune_operator.dashboard --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -10,6 +10,7 @@ from typing import Any
 
 from finetune_operator import api
 from finetune_operator.kube import KubeClient
+from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.settings import Settings
 from finetune_operator.validation import InvalidSpec, parse_job
 
@@ -20,6 +21,7 @@ class Context:
 
     settings: Settings
     client: KubeClient
+    metrics: OperatorMetrics = dataclasses.field(default_factory=OperatorMetrics)
     locks: dict[tuple[str, str], asyncio.Lock] = dataclasses.field(default_factory=dict)
     wakeups: dict[tuple[str, str], asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     # Strong references to running wake-up tasks: the loop keeps only weak ones.
@@ -47,7 +49,9 @@ class Context:
         return result.model_copy(deep=True)
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop the bookkeeping of a job that is gone (a waiter keeps its own lock reference)."""
+        """Drop the bookkeeping and the metric series of a job that is gone (a waiter keeps
+        its own lock reference)."""
+        self.metrics.forget_job(namespace, name)
         self.locks.pop((namespace, name), None)
         handle = self.wakeups.pop((namespace, name), None)
         if handle is not None:

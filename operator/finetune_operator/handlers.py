@@ -29,6 +29,10 @@ def invalid_spec_problems(context: Context, body: kopf.Body) -> str:
     return ""
 
 
+def is_deletion(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
 def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
     """A registry with every handler of the operator, bound to one Context."""
     registry = kopf.OperatorRegistry()
@@ -62,6 +66,14 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
             logger.warning(event.message)
             await post_event(context.client, dict(body), event)
         await reconcile(context, namespace or "default", name)
+
+    # No finalizer (a stopped operator must not block `kubectl delete`), so a deleted job is
+    # noticed from its watch event; the resync forgets any whose event was missed. Filtered
+    # by `when`, as kopf logs every handler call. async: kopf runs plain functions in
+    # threads, and the bookkeeping belongs to the event loop.
+    @kopf.on.event(*FINETUNEJOBS, id="forget-deleted", when=is_deletion, registry=registry)
+    async def forget_deleted_job(name: str, namespace: str | None, **_: Any) -> None:
+        context.forget(namespace or "default", name)
 
     @kopf.on.event(
         *RAYJOBS, id="follow-rayjob", labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry

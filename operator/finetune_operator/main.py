@@ -8,8 +8,8 @@ import dataclasses
 import logging
 
 import kopf
-import prometheus_client
 
+from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.runner import run_operator
 from finetune_operator.settings import Settings
 
@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.trainer_image:
         settings = dataclasses.replace(settings, trainer_image=args.trainer_image)
+    metrics = OperatorMetrics()
     if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
+        metrics.serve(args.metrics_port)
     asyncio.run(
         run_operator(
             settings,
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace,
             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
             peering=args.peering,
+            metrics=metrics,
         )
     )
     return 0

@@ -89,7 +89,7 @@ async def reconcile_quietly(context: Context, namespace: str, name: str) -> None
 
 async def reconcile(context: Context, namespace: str, name: str) -> None:
     """Bring one FineTuneJob's children and status in line with its spec and its RayJob."""
-    async with context.lock(namespace, name):
+    async with context.lock(namespace, name), context.metrics.timed_pass():
         body = await context.client.get(job_path(namespace, name))
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             context.forget(namespace, name)
@@ -102,9 +102,21 @@ async def reconcile(context: Context, namespace: str, name: str) -> None:
                 await _act(context, body, outcome)
             except (kopf.TemporaryError, kopf.PermanentError):
                 await _write(context, body, outcome)  # the pass stops; what it found is kept
+                _export(context, body, outcome)
                 raise
             await _write(context, body, outcome)
+            _export(context, body, outcome)
             await _apply_ttl(context, body, outcome)
+
+
+def _export(context: Context, body: Mapping[str, Any], outcome: Outcome) -> None:
+    """The job's metrics as the pass leaves its status; the pass that finishes it times it."""
+    metadata = body["metadata"]
+    context.metrics.record_job(
+        metadata.get("namespace") or "default", metadata["name"], outcome.status
+    )
+    if not outcome.finished and outcome.status.phase and outcome.status.phase.is_terminal():
+        context.metrics.record_finished(outcome.status, metadata.get("creationTimestamp"))
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from finetune_operator import api
 from finetune_operator.context import Context
 from finetune_operator.handlers import build_registry
 from finetune_operator.kube import ApiError, KubeClient, Login, object_path
+from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.reconcile import reconcile_quietly
 from finetune_operator.settings import Settings
 from finetune_operator.status import current_phase
@@ -83,9 +84,21 @@ async def resync_once(context: Context, namespaces: Collection[str]) -> None:
                 context, metadata.get("namespace") or "default", metadata["name"]
             )
 
+    # A job deleted while its watch event was missed is gone from the listings: forget it
+    # (metric series included). Only jobs known before listing: a newer one may be unlisted.
+    known_before = context.metrics.known_jobs()
+    listed: set[tuple[str, str]] = set()
     for collection in collections:
         listing = await context.client.request("GET", collection) or {}
-        await asyncio.gather(*(one(item) for item in listing.get("items") or []))
+        items = listing.get("items") or []
+        listed.update(
+            ((item["metadata"].get("namespace") or "default"), item["metadata"]["name"])
+            for item in items
+        )
+        await asyncio.gather(*(one(item) for item in items))
+    for namespace, name in known_before - listed:
+        if not namespaces or namespace in namespaces:
+            context.forget(namespace, name)
 
 
 def warm_up_validation() -> None:
@@ -113,10 +126,14 @@ async def run_operator(
     peering: str | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
+    metrics: OperatorMetrics | None = None,
 ) -> None:
-    """The whole operator until stopped: kopf's handlers and the resync loop."""
+    """The whole operator until stopped: kopf's handlers and the resync loop (recording into
+    `metrics`, which the caller serves)."""
     await asyncio.to_thread(warm_up_validation)
-    context = Context(settings=settings, client=KubeClient(login))
+    context = Context(
+        settings=settings, client=KubeClient(login), metrics=metrics or OperatorMetrics()
+    )
     registry = build_registry(context, login)
     resync = asyncio.create_task(resync_forever(context, namespaces))
     try:

@@ -61,11 +61,17 @@ in each watched namespace. Each rule's reason is in docs/rbac.md.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if and .Values.peering.enabled .Values.watchNamespaces }}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
 {{- end -}}
 
 {{/*
 Rules on cluster-scoped objects: always a ClusterRole, whatever is watched. kopf lists and
-watches namespaces only when it watches listed ones (to notice them come and go).
+watches namespaces only when it watches listed ones (to notice them come and go), and keeps
+its peering cluster-wide only when it watches all of them (else a KopfPeering per namespace).
 */}}
 {{- define "finetune-operator.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
@@ -76,10 +82,10 @@ watches namespaces only when it watches listed ones (to notice them come and go)
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
-{{- if .Values.peering.enabled }}
+{{- if and .Values.peering.enabled (not .Values.watchNamespaces) }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end -}}
 

@@ -42,7 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # The chart's kubeVersion floor, a middle one and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ["1.27.0", "1.31.0", "1.37.0"]
 # Kinds from CRDs kubernetes-validate has no schema for (Prometheus Operator, kopf).
-CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering"}
+CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
 
 
 def deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,6 +198,17 @@ def test_the_real_chart_renders_its_dashboards_if_it_has_any() -> None:
     assert sorted(name for c in configmaps for name in c["data"]) == shipped
 
 
+def peering_rules(documents: list[dict[str, Any]]) -> list[tuple[str, str, str, list[str]]]:
+    return [
+        (d["kind"], d["metadata"].get("namespace", ""), resource, rule["verbs"])
+        for d in documents
+        if d["kind"] in ("Role", "ClusterRole")
+        for rule in d["rules"]
+        if rule["apiGroups"] == ["kopf.dev"]
+        for resource in rule["resources"]
+    ]
+
+
 def test_peering_runs_several_replicas_with_rolling_updates() -> None:
     documents = render(PEERING)
     spec = deployment(documents)["spec"]
@@ -205,13 +216,23 @@ def test_peering_runs_several_replicas_with_rolling_updates() -> None:
     assert "--peering=finetune" in operator_container(documents)["args"]
     (peering,) = by_kind(documents, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "finetune"
-    rules = [r for r in all_rules(documents) if r["apiGroups"] == ["kopf.dev"]]
-    assert rules == [
-        {
-            "apiGroups": ["kopf.dev"],
-            "resources": ["clusterkopfpeerings"],
-            "verbs": ["get", "list", "watch", "patch"],
-        }
+    verbs = ["list", "watch", "patch"]
+    assert peering_rules(documents) == [("ClusterRole", "", "clusterkopfpeerings", verbs)]
+
+
+def test_peering_of_an_operator_watching_listed_namespaces_lives_in_each() -> None:
+    # kopf keeps a namespace-bound operator's peering as a KopfPeering in each namespace.
+    documents = render({**PEERING, **WATCHED})
+    assert by_kind(documents, "ClusterKopfPeering") == []
+    peerings = by_kind(documents, "KopfPeering")
+    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
+        ("team-a", "finetune"),
+        ("team-b", "finetune"),
+    ]
+    verbs = ["list", "watch", "patch"]
+    assert sorted(peering_rules(documents)) == [
+        ("Role", "team-a", "kopfpeerings", verbs),
+        ("Role", "team-b", "kopfpeerings", verbs),
     ]
 
 

@@ -166,6 +166,7 @@ class OperatorRequest:
     method: str
     path_and_query: str
     watched: tuple[str, ...]  # () = all namespaces
+    peering: str | None = None  # the kopf peering it joined (--peering NAME)
 
 
 # Every API request any operator made in this test session, for the RBAC coverage check
@@ -197,8 +198,9 @@ class TallyingEmulator(kmock.KubernetesEmulator):
         watched = self.__dict__.get("watched")
         agent = raw_request.headers.get("User-Agent", "")
         if watched is not None and agent.startswith(OPERATOR_AGENTS):
+            peering = self.__dict__.get("peering")
             OPERATOR_REQUESTS.append(
-                OperatorRequest(raw_request.method, raw_request.path_qs, watched)
+                OperatorRequest(raw_request.method, raw_request.path_qs, watched, peering)
             )
         if len(self._requests) > 4 * self.KEEP:
             del self._requests[: -self.KEEP]
@@ -240,11 +242,16 @@ class RunningOperator:
     """
 
     def __init__(
-        self, cluster: Cluster, settings: Settings, namespaces: tuple[str, ...] = ()
+        self,
+        cluster: Cluster,
+        settings: Settings,
+        namespaces: tuple[str, ...] = (),
+        peering: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.settings = settings
         self.namespaces = namespaces
+        self.peering = peering
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
 
@@ -253,6 +260,7 @@ class RunningOperator:
         ready = threading.Event()
         url = self.cluster.url
         self.cluster.emulator.__dict__["watched"] = tuple(self.namespaces)
+        self.cluster.emulator.__dict__["peering"] = self.peering
 
         def login() -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=url, default_namespace=NAMESPACE)
@@ -261,6 +269,7 @@ class RunningOperator:
             self.settings,
             login,
             namespaces=self.namespaces,
+            peering=self.peering,
             stop_flag=self.stop_flag,
             ready_flag=ready,
         )

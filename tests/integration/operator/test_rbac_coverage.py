@@ -31,33 +31,41 @@ UNUSED_ON_PURPOSE: dict[tuple[str, str, str, str], str] = {
 }
 
 
-def requests_by_mode() -> dict[tuple[str, ...], list[OperatorRequest]]:
+Mode = tuple[tuple[str, ...], str | None]  # (watched namespaces, peering name)
+
+
+def requests_by_mode() -> dict[Mode, list[OperatorRequest]]:
     assert OPERATOR_REQUESTS, (
         "no operator API request was recorded: this check reads what the operator suite "
         "did, so run it with tests/integration/operator (make test does)"
     )
-    modes: dict[tuple[str, ...], list[OperatorRequest]] = {}
+    modes: dict[Mode, list[OperatorRequest]] = {}
     for request in OPERATOR_REQUESTS:
-        modes.setdefault(request.watched, []).append(request)
+        modes.setdefault((request.watched, request.peering), []).append(request)
     return modes
 
 
-def chart_grants(watched: tuple[str, ...]) -> list[rbac.Grant]:
-    documents = helm_chart.render({"watchNamespaces": list(watched)})
+def chart_grants(mode: Mode) -> list[rbac.Grant]:
+    """The chart's rules for the install that runs the operator as it ran in the suite."""
+    watched, peering = mode
+    values: dict[str, object] = {"watchNamespaces": list(watched)}
+    if peering:
+        values["peering"] = {"enabled": True, "name": peering}
+    documents = helm_chart.render(values)
     return rbac.grants(documents, helm_chart.SERVICE_ACCOUNT)
 
 
 def test_the_suite_ran_the_operator_in_both_install_modes() -> None:
-    modes = requests_by_mode()
-    assert () in modes, "no request from an operator watching all namespaces (ClusterRole mode)"
-    assert [m for m in modes if m], "no request from an operator watching listed namespaces"
+    watched = {watched for watched, _ in requests_by_mode()}
+    assert () in watched, "no request from an operator watching all namespaces (ClusterRole)"
+    assert watched - {()}, "no request from an operator watching listed namespaces (Roles)"
+    assert [peering for _, peering in requests_by_mode() if peering], "no peered operator ran"
 
 
 def test_every_request_the_operator_made_is_allowed_by_the_chart() -> None:
     refused: set[str] = set()
-    for watched, requests in requests_by_mode().items():
-        granted = chart_grants(watched)
-        mode = f"watchNamespaces={list(watched)}"
+    for mode, requests in requests_by_mode().items():
+        granted = chart_grants(mode)
         for request in requests:
             info = rbac.request_info(request.method, request.path_and_query)
             if not rbac.allowing(info, granted):
@@ -72,12 +80,12 @@ def test_every_rule_the_chart_grants_is_used() -> None:
     must use those it renders."""
     used: set[Rule] = set()
     granted: set[Rule] = set()
-    for watched, requests in requests_by_mode().items():
-        grants = chart_grants(watched)
-        granted |= {rule_of(grant, watched) for grant in grants}
+    for mode, requests in requests_by_mode().items():
+        grants = chart_grants(mode)
+        granted |= {rule_of(grant, mode[0]) for grant in grants}
         for request in requests:
             info = rbac.request_info(request.method, request.path_and_query)
-            used |= {rule_of(grant, watched) for grant in rbac.allowing(info, grants)}
+            used |= {rule_of(grant, mode[0]) for grant in rbac.allowing(info, grants)}
     unused = sorted(granted - used)
     assert unused == sorted(UNUSED_ON_PURPOSE), "\n".join(map(str, unused))
 

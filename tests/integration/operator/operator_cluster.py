@@ -300,6 +300,7 @@ class OperatorProcess:
         self.kubeconfig = folder / "kubeconfig"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "operator.log"
+        self.health_port = 0  # chosen at start
 
     async def start(self) -> None:
         config = {
@@ -312,7 +313,7 @@ class OperatorProcess:
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
         self.cluster.emulator.__dict__["watched"] = ()  # no --namespace: all of them
-        port = free_port()
+        port = self.health_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),

@@ -47,8 +47,11 @@ def pod_security_context(settings: Settings) -> dict[str, Any]:
         "runAsNonRoot": True,
         "runAsUser": settings.trainer_uid,
         "runAsGroup": settings.trainer_gid,
-        # Writable pvc:// claims are group-owned by this gid, so the trainer can write outputs.
+        # Writable pvc:// claims are group-owned by this gid, so the trainer can write outputs;
+        # the kubelet re-owns a claim only when its root differs, not file by file on every
+        # start (a claim may hold terabytes of weights and data).
         "fsGroup": settings.trainer_gid,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 

@@ -47,6 +47,7 @@ def test_pods_run_as_the_configured_trainer_user_without_an_api_token() -> None:
             "runAsUser": 2000,
             "runAsGroup": 3000,
             "fsGroup": 3000,
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         }
         (container,) = pod["containers"]

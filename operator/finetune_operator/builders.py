@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from finetune_operator import api, naming
+from finetune_operator import api, naming, pod_security
 from finetune_operator.settings import Settings
 
 SPEC_VOLUME = "job-spec"
@@ -131,20 +131,36 @@ def trainer_container(
 
 def pod_template(
     job: api.FineTuneJob,
+    settings: Settings,
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     *,
     node_selector: bool,
+    shm_size: str | None = None,
 ) -> dict[str, Any]:
+    """A pod template restricted Pod Security admits; `shm_size` adds an in-memory /dev/shm."""
     resources = job.spec.resources
-    pod: dict[str, Any] = {"containers": [container], "volumes": copy.deepcopy(volumes)}
+    container = copy.deepcopy(container)
+    container["securityContext"] = pod_security.container_security_context()
+    volumes = copy.deepcopy(volumes)
+    if shm_size is not None:
+        volumes.append(pod_security.shm_volume(shm_size))
+        container.setdefault("volumeMounts", []).append(pod_security.shm_mount())
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": pod_security.pod_security_context(settings),
+        # The trainer never talks to the Kubernetes API: no token in its pods.
+        "automountServiceAccountToken": False,
+    }
     if node_selector and resources.node_selector:
         pod["nodeSelector"] = dict(resources.node_selector)
     if resources.tolerations:
         pod["tolerations"] = [t.to_wire() for t in resources.tolerations]
     if resources.priority_class_name:
         pod["priorityClassName"] = resources.priority_class_name
-    return {"metadata": {"labels": common_labels(job)}, "spec": pod}
+    metadata = {"labels": common_labels(job), "annotations": pod_security.scanner_annotations()}
+    return {"metadata": metadata, "spec": pod}
 
 
 def worker_resources(spec: api.ResourcesSpec) -> dict[str, Any]:
@@ -181,7 +197,7 @@ def build_rayjob(job: api.FineTuneJob, settings: Settings) -> dict[str, Any]:
         "image": resources.image or settings.trainer_image,
         "resources": fixed_resources(settings.submitter_cpu, settings.submitter_memory),
     }
-    submitter_template = pod_template(job, submitter, [], node_selector=False)
+    submitter_template = pod_template(job, settings, submitter, [], node_selector=False)
     submitter_template["spec"].pop("volumes")
     submitter_template["spec"]["restartPolicy"] = "Never"
 
@@ -200,9 +216,19 @@ def build_rayjob(job: api.FineTuneJob, settings: Settings) -> dict[str, Any]:
             "rayVersion": settings.ray_version,
             "headGroupSpec": {
                 # The head hosts the driver only: no CPUs for Ray tasks, so training lands on
-                # the workers, and no GPU.
-                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                "template": pod_template(job, head, volumes, node_selector=False),
+                # the workers, and no GPU. No dashboard-host: KubeRay sets 0.0.0.0 itself
+                # when it is absent, and K8sJobMode needs it, since the submitter pod reaches
+                # the dashboard (job API, port 8265) through the head Service; 127.0.0.1
+                # would break submission and a value of ours would only repeat KubeRay's.
+                "rayStartParams": {"num-cpus": "0"},
+                "template": pod_template(
+                    job,
+                    settings,
+                    head,
+                    volumes,
+                    node_selector=False,
+                    shm_size=pod_security.shm_size_limit(settings.head_memory),
+                ),
             },
             "workerGroupSpecs": [
                 {
@@ -211,7 +237,14 @@ def build_rayjob(job: api.FineTuneJob, settings: Settings) -> dict[str, Any]:
                     "minReplicas": resources.workers,
                     "maxReplicas": resources.workers,
                     "rayStartParams": {},
-                    "template": pod_template(job, worker, volumes, node_selector=True),
+                    "template": pod_template(
+                        job,
+                        settings,
+                        worker,
+                        volumes,
+                        node_selector=True,
+                        shm_size=pod_security.shm_size_limit(resources.memory_per_worker),
+                    ),
                 }
             ],
         },

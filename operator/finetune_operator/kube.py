@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from finetune_operator import __version__
+
 Login = Callable[[], kopf.ConnectionInfo]
 
 
@@ -76,7 +78,12 @@ class KubeClient:
             info = self._login()
             self._session = aiohttp.ClientSession(
                 base_url=info.server.rstrip("/") + "/",
-                headers={"Accept": "application/json", **info.as_http_headers()},
+                # Named in the API server's audit log, as kopf names its own requests.
+                headers={
+                    "Accept": "application/json",
+                    "User-Agent": f"finetune-operator/{__version__}",
+                    **info.as_http_headers(),
+                },
                 connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=50),
                 timeout=self._timeout,
                 proxy=info.proxy_url,

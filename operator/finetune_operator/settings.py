@@ -15,6 +15,10 @@ class Settings:
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     ray_version: str = "2.60.0"
+    # The user the Ray pods run as: the trainer image's `ray` user (rayproject/ray images
+    # create it with uid 1000 in group users, gid 100). Images built on another base set theirs.
+    trainer_uid: int = 1000
+    trainer_gid: int = 100
     # Resources of the Ray head: it runs the driver only (no training), so it stays small.
     head_cpu: str = "2"
     head_memory: str = "8Gi"
@@ -39,6 +43,13 @@ class Settings:
             overrides["trainer_image"] = env["FINETUNE_TRAINER_IMAGE"]
         if env.get("FINETUNE_RAY_VERSION"):
             overrides["ray_version"] = env["FINETUNE_RAY_VERSION"]
+        # uid 0 would be root, which restricted Pod Security refuses; gid 0 it allows.
+        for name, field, lowest in (
+            ("FINETUNE_TRAINER_UID", "trainer_uid", 1),
+            ("FINETUNE_TRAINER_GID", "trainer_gid", 0),
+        ):
+            if env.get(name):
+                overrides[field] = _whole_number(name, env[name], lowest)
         for name, field in (
             ("FINETUNE_RESYNC_SECONDS", "resync_seconds"),
             ("FINETUNE_KUBERAY_RETRY_SECONDS", "kuberay_retry_seconds"),
@@ -51,3 +62,13 @@ class Settings:
                         f"{name} must be a number of seconds, got {env[name]!r}"
                     ) from None
         return dataclasses.replace(cls(), **overrides)  # type: ignore[arg-type]
+
+
+def _whole_number(name: str, text: str, lowest: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {text!r}") from None
+    if value < lowest:
+        raise ValueError(f"{name} must be at least {lowest}, got {value}")
+    return value

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import dataclasses
 import os
 import socket
 import subprocess
@@ -158,11 +159,31 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+@dataclasses.dataclass(frozen=True)
+class OperatorRequest:
+    """One API request the operator made, and which namespaces that operator watched."""
+
+    method: str
+    path_and_query: str
+    watched: tuple[str, ...]  # () = all namespaces
+    peering: str | None = None  # the kopf peering it joined (--peering NAME)
+
+
+# Every API request any operator made in this test session, for the RBAC coverage check
+# (tests/integration/operator/test_rbac_coverage.py runs last and reads it).
+OPERATOR_REQUESTS: list[OperatorRequest] = []
+# The User-Agents of the operator's two clients: kopf's and our KubeClient's. The tests' own
+# requests (playing the user or KubeRay) carry neither.
+OPERATOR_AGENTS = ("kopf/", "finetune-operator/")
+
+
 class TallyingEmulator(kmock.KubernetesEmulator):
     """kmock that tallies requests by method and path and keeps a short request log.
 
     kmock matches every request against its whole request log, which makes a burst of
     thousands of requests quadratic; the tally answers "how many creates" instead.
+    Once an operator runs against it (its start sets `watched`, the namespaces it watches),
+    it also records the operator's requests in OPERATOR_REQUESTS.
     """
 
     KEEP = 4
@@ -172,6 +193,15 @@ class TallyingEmulator(kmock.KubernetesEmulator):
             "tally", collections.Counter()
         )
         tally[raw_request.method, raw_request.path] += 1
+        # Only where an operator runs (its start sets `watched`): the client's own tests
+        # send arbitrary requests with the operator's User-Agent.
+        watched = self.__dict__.get("watched")
+        agent = raw_request.headers.get("User-Agent", "")
+        if watched is not None and agent.startswith(OPERATOR_AGENTS):
+            peering = self.__dict__.get("peering")
+            OPERATOR_REQUESTS.append(
+                OperatorRequest(raw_request.method, raw_request.path_qs, watched, peering)
+            )
         if len(self._requests) > 4 * self.KEEP:
             del self._requests[: -self.KEEP]
         return await super().__call__(raw_request)
@@ -212,11 +242,16 @@ class RunningOperator:
     """
 
     def __init__(
-        self, cluster: Cluster, settings: Settings, namespaces: tuple[str, ...] = ()
+        self,
+        cluster: Cluster,
+        settings: Settings,
+        namespaces: tuple[str, ...] = (),
+        peering: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.settings = settings
         self.namespaces = namespaces
+        self.peering = peering
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
 
@@ -224,6 +259,8 @@ class RunningOperator:
         self.stop_flag = threading.Event()
         ready = threading.Event()
         url = self.cluster.url
+        self.cluster.emulator.__dict__["watched"] = tuple(self.namespaces)
+        self.cluster.emulator.__dict__["peering"] = self.peering
 
         def login() -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=url, default_namespace=NAMESPACE)
@@ -232,6 +269,7 @@ class RunningOperator:
             self.settings,
             login,
             namespaces=self.namespaces,
+            peering=self.peering,
             stop_flag=self.stop_flag,
             ready_flag=ready,
         )
@@ -271,6 +309,7 @@ class OperatorProcess:
         self.kubeconfig = folder / "kubeconfig"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "operator.log"
+        self.health_port = 0  # chosen at start
 
     async def start(self) -> None:
         config = {
@@ -282,7 +321,8 @@ class OperatorProcess:
             "current-context": "kmock",
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
-        port = free_port()
+        self.cluster.emulator.__dict__["watched"] = ()  # no --namespace: all of them
+        port = self.health_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),

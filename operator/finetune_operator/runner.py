@@ -135,4 +135,5 @@ async def run_operator(
         resync.cancel()
         for handle in context.wakeups.values():
             handle.cancel()
+        await context.progress.close()
         await context.client.close()

@@ -65,7 +65,8 @@ class ProgressEndpoint:
     async def start(self) -> ProgressEndpoint:
         app = web.Application()
         app.router.add_get("/progress", self._progress)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A torn-down head answers nothing more: no grace for reads under way.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         return self

@@ -179,7 +179,9 @@ async def test_bad_endpoints_neither_fail_jobs_nor_stall_the_others(setup: Setup
         )  # fmt: skip
         assert (shown["status"], shown["reason"]) == ("False", reason), shown
         assert setup.cluster.status(name)["phase"] == "Running"
-        warnings = [e for e in setup.cluster.events(name) if e["type"] == "Warning"]
+        warnings = await eventually(
+            lambda name=name: [e for e in setup.cluster.events(name) if e["type"] == "Warning"]
+        )
         assert [e["reason"] for e in warnings] == [reason]
     assert "no answer in time" in condition(setup.cluster, "slow", "ProgressAvailable")["message"]
     assert "not JSON" in condition(setup.cluster, "garbage", "ProgressAvailable")["message"]

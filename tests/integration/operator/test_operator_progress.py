@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from finetune_operator import api
+from finetune_trainer.progress_server import (
+    LINGER_ENV,
+    PORT_ENV,
+    ProgressBoard,
+    final_result,
+    serving,
+)
 
 from tests.factories import MakeJob
 from tests.integration.operator.operator_cluster import (
@@ -275,3 +284,51 @@ async def test_milestones_are_posted_as_events(setup: Setup) -> None:
     regressions = [message for reason, message in events if reason == "EvalLossRegressed"]
     assert len(regressions) == 2
     assert any("2.4000 at step 40" in m and "best so far, 2.0000" in m for m in regressions)
+
+
+async def test_a_real_driver_board_is_followed_to_the_end(setup: Setup, monkeypatch) -> None:
+    """The trainer's own /progress server (progress_server.serving, as `finetune run` uses it
+    on the Ray head), fed history rows as the driver feeds them, then publishing its result:
+    the operator follows it, and the driver leaves only once the result has been read."""
+    monkeypatch.setenv(PORT_ENV, str(setup.port))
+    monkeypatch.setenv(LINGER_ENV, "30")
+    board, publish, left = ProgressBoard(), threading.Event(), threading.Event()
+
+    def driver() -> None:
+        with serving(board):
+            board.update({"step": 0, "epoch": 0.0, "eval_loss": 6.3}, 40)
+            for step in range(1, 21):
+                board.update({"step": step, "epoch": step / 20, "loss": 6.0 - step / 10,
+                              "tokens_per_second": 800.0}, 40)  # fmt: skip
+            board.checkpointed(api.CheckpointRef(step=20, uri="/out/checkpoints/step_20"))
+            publish.wait(30)
+            board.update({"step": 40, "epoch": 2.0, "loss": 2.0, "tokens_per_second": 800.0,
+                          "eval_loss": 2.2}, 40)  # fmt: skip
+            board.finished(final_result("/out", {"train_loss": 2.0, "eval_loss": 2.2}))
+        left.set()
+
+    thread = threading.Thread(target=driver, daemon=True)
+    thread.start()
+    head = ProgressEndpoint("127.0.0.1", setup.port)  # only its address: the driver serves
+    await setup.running_job("job", head)
+
+    shown = await eventually(lambda: progress(setup.cluster, "job").get("step") == 20
+                             and progress(setup.cluster, "job"), timeout=5)  # fmt: skip
+    assert shown["display"] == "20/40 (50%)" and shown["trainLoss"] == 4.0
+    assert shown["evalLoss"] == 6.3 and shown["eta"] is not None
+    assert setup.cluster.status("job")["lastCheckpoint"]["step"] == 20
+    publish.set()
+    assert await asyncio.to_thread(left.wait, 10), "the driver kept waiting for a read"
+    await setup.cluster.set_rayjob_status("job", jobDeploymentStatus="Complete",
+                                          jobStatus="SUCCEEDED")  # fmt: skip
+    status = await eventually(
+        lambda: (
+            setup.cluster.status("job").get("phase") == "Succeeded" and setup.cluster.status("job")
+        )
+    )
+    assert status["result"] == {
+        "outputUri": "/out",
+        "metrics": {"train_loss": 2.0, "eval_loss": 2.2},
+    }
+    assert status["progress"]["display"] == "40/40 (100%)"
+    thread.join(5)

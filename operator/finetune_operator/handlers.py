@@ -68,6 +68,14 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
             await post_event(context.client, dict(body), event)
         await reconcile(context, namespace or "default", name)
 
+    @kopf.on.event(*FINETUNEJOBS, id="forget-deleted", registry=registry)
+    async def forget_deleted_job(
+        event: kopf.RawEvent, name: str, namespace: str | None, **_: Any
+    ) -> None:
+        # An event handler, not a deletion handler: it adds no finalizer to the job.
+        if event.get("type") == "DELETED":
+            context.forget(namespace or "default", name)
+
     @kopf.on.event(
         *RAYJOBS, id="follow-rayjob", labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry
     )

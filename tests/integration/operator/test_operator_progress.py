@@ -332,3 +332,31 @@ async def test_a_real_driver_board_is_followed_to_the_end(setup: Setup, monkeypa
     }
     assert status["progress"]["display"] == "40/40 (100%)"
     thread.join(5)
+
+
+async def reads_stop(endpoint: ProgressEndpoint, within: float) -> bool:
+    """Whether the endpoint's reads stop within `within` seconds (and stay stopped)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        reads = endpoint.reads
+        await asyncio.sleep(5 * POLL)
+        if endpoint.reads == reads:
+            return True
+    return False
+
+
+async def test_reads_stop_when_the_job_is_suspended_or_deleted(setup: Setup) -> None:
+    suspended = await setup.endpoint(contract_body(3))
+    deleted = await setup.endpoint(contract_body(4))
+    await setup.running_job("suspended", suspended)
+    await setup.running_job("deleted", deleted)
+    await eventually(lambda: progress(setup.cluster, "deleted").get("step") == 4)
+    await eventually(lambda: progress(setup.cluster, "suspended").get("step") == 3)
+
+    await setup.cluster.patch_job_spec("suspended", {"runPolicy": {"suspend": True}})
+    await eventually(lambda: setup.cluster.status("suspended").get("phase") == "Suspended")
+    assert await reads_stop(suspended, within=3), "a suspended job's head is still read"
+    path = f"/apis/finetune.io/v1alpha1/namespaces/{NAMESPACE}/finetunejobs/deleted"
+    await setup.cluster.send("DELETE", path)
+    # No deletion handler: the resync (every 2 s here) finds the job gone.
+    assert await reads_stop(deleted, within=6), "a deleted job's head is still read"

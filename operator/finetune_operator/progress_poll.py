@@ -94,6 +94,7 @@ class ProgressPoller:
         watch.task = asyncio.get_running_loop().create_task(
             self._poll_forever(watch), name=f"progress {key[0]}/{key[1]}"
         )
+        watch.task.add_done_callback(_report_crash)
         self.watches[key] = watch
         return watch
 
@@ -152,17 +153,22 @@ class ProgressPoller:
 
     async def _get(self, url: str) -> bytes:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(limit=self.settings.progress_concurrency)
+            self._session = aiohttp.ClientSession(connector=connector)
         timeout = aiohttp.ClientTimeout(total=self.settings.progress_timeout_seconds)
         async with self._session.get(url, timeout=timeout, allow_redirects=False) as response:
             if response.status != 200:
                 raise aiohttp.ClientResponseError(
                     response.request_info, (), status=response.status, message=response.reason or ""
                 )
-            body = await response.content.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
-            raise MalformedProgress(f"the body is larger than {MAX_BODY_BYTES} bytes")
-        return body
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise MalformedProgress(f"the body is larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     def _failed(self, watch: Watch, problem: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -188,6 +194,12 @@ class ProgressPoller:
         elif news:
             window = self.settings.progress_write_seconds
             watch.wake(0.0 if watch.last_write is None else watch.last_write + window - now)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A read loop must not end unseen: the job's progress would silently freeze."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
 def _describe(error: BaseException) -> str:

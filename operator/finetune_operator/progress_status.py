@@ -60,6 +60,8 @@ def parse_body(raw: bytes) -> Snapshot:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MalformedProgress(f"not JSON: {error}") from None
+    except RecursionError:
+        raise MalformedProgress("not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise MalformedProgress(f"expected a JSON object, got {type(body).__name__}")
     progress = _model(Progress, body.get("progress") or {}, "progress")

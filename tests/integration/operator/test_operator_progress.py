@@ -169,8 +169,10 @@ async def test_bad_endpoints_neither_fail_jobs_nor_stall_the_others(setup: Setup
     slow.delay = 30.0
     garbage = await setup.endpoint(b"<html>502 Bad Gateway</html>")
     wrong = await setup.endpoint({"progress": {"step": "many"}, "lastCheckpoint": [1]})
+    flood = await setup.endpoint(b" " * (3 << 20))
     healthy = await setup.endpoint(contract_body(7))
-    jobs = {"down": down, "slow": slow, "garbage": garbage, "wrong": wrong, "healthy": healthy}
+    jobs = {"down": down, "slow": slow, "garbage": garbage, "wrong": wrong, "flood": flood,
+            "healthy": healthy}  # fmt: skip
     for name, endpoint in jobs.items():
         await setup.running_job(name, endpoint)
     began = time.monotonic()
@@ -179,7 +181,7 @@ async def test_bad_endpoints_neither_fail_jobs_nor_stall_the_others(setup: Setup
     assert time.monotonic() - began < 2.0, "a bad endpoint held up a healthy job"
     expected = {
         "down": "ProgressUnreachable", "slow": "ProgressUnreachable",
-        "garbage": "ProgressMalformed", "wrong": "ProgressMalformed",
+        "garbage": "ProgressMalformed", "wrong": "ProgressMalformed", "flood": "ProgressMalformed",
     }  # fmt: skip
     for name, reason in expected.items():
         shown = await eventually(
@@ -195,6 +197,7 @@ async def test_bad_endpoints_neither_fail_jobs_nor_stall_the_others(setup: Setup
     assert "no answer in time" in condition(setup.cluster, "slow", "ProgressAvailable")["message"]
     assert "not JSON" in condition(setup.cluster, "garbage", "ProgressAvailable")["message"]
     assert "progress.step" in condition(setup.cluster, "wrong", "ProgressAvailable")["message"]
+    assert "larger than" in condition(setup.cluster, "flood", "ProgressAvailable")["message"]
     # Reads go on, backing off; the endpoint coming back clears the condition.
     reads = garbage.reads
     garbage.body = contract_body(9)

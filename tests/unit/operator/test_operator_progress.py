@@ -77,6 +77,7 @@ def test_eta_text(seconds, shown) -> None:
         (b"<html>502</html>", "not JSON"),
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "expected a JSON object, got list"),
+        (b"[" * 100_000, "not JSON"),
         (b'{"progress": [1]}', "progress: expected an object, got list"),
         (b'{"progress": {"step": "many"}}', "progress.step"),
         (b'{"progress": {"trainLoss": NaN}}', "progress.trainLoss"),

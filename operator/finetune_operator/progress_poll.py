@@ -83,14 +83,17 @@ class ProgressPoller:
         self.watches: dict[Key, Watch] = {}
         self._limit = asyncio.Semaphore(settings.progress_concurrency)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def follow(self, key: Key, url: str, wake: Callable[[float], None]) -> Watch:
         """Read `url` for the job from now on (a no-op when it is read already)."""
         watch = self.watches.get(key)
-        if watch is not None and watch.url == url:
+        if watch is not None and (watch.url == url or self._closed):
             return watch
         self.stop(key)
         watch = Watch(url=url, wake=wake)
+        if self._closed:  # the operator is stopping: a pass still running starts no reads
+            return watch
         watch.task = asyncio.get_running_loop().create_task(
             self._poll_forever(watch), name=f"progress {key[0]}/{key[1]}"
         )
@@ -100,8 +103,11 @@ class ProgressPoller:
 
     def stop(self, key: Key) -> None:
         watch = self.watches.pop(key, None)
-        if watch is not None and watch.task is not None:
-            watch.task.cancel()
+        if watch is None:
+            return
+        for task in (watch.task, watch.reading):
+            if task is not None:
+                task.cancel()
 
     async def settle(self, key: Key) -> None:
         """Wait for a read under way (bounded by its timeout): it may carry the result."""
@@ -111,11 +117,12 @@ class ProgressPoller:
                 await asyncio.wait({watch.reading}, timeout=self.settings.progress_timeout_seconds)
 
     async def close(self) -> None:
+        self._closed = True
         for key in list(self.watches):
             self.stop(key)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def _poll_forever(self, watch: Watch) -> None:
         loop = asyncio.get_running_loop()
@@ -152,6 +159,8 @@ class ProgressPoller:
         self._succeeded(watch, snapshot)
 
     async def _get(self, url: str) -> bytes:
+        if self._closed:
+            raise aiohttp.ClientConnectionError("the operator is stopping")
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.settings.progress_concurrency)
             self._session = aiohttp.ClientSession(connector=connector)

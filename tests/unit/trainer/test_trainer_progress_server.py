@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -137,3 +138,20 @@ def test_the_driver_leaves_after_the_linger_when_nobody_reads(monkeypatch):
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert 0.3 <= times[1] - times[0] < 5
+
+
+def test_finetune_run_progress_port_asks_the_driver_to_serve(monkeypatch):
+    from finetune_operator import cli
+    from finetune_trainer import run
+
+    seen = {}
+
+    def fake_run(job_path, **_):
+        seen["port"] = os.environ.get(PORT_ENV)
+        return 0
+
+    monkeypatch.setenv(PORT_ENV, "1")  # recorded, so that what `run` sets is undone
+    monkeypatch.delenv(PORT_ENV)
+    monkeypatch.setattr(run, "run_command", fake_run)
+    assert cli.main(["run", "job.yaml", "--progress-port", "9123"]) == 0
+    assert seen["port"] == "9123"

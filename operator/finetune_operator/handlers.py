@@ -42,6 +42,11 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
     def log_in(**_: Any) -> kopf.ConnectionInfo:
         return login()
 
+    @kopf.on.cleanup(id="stop-progress-reads", registry=registry)
+    async def stop_progress_reads(**_: Any) -> None:
+        # Before kopf waits for the tasks it did not start: the reads would hold it up.
+        await context.progress.close()
+
     # Short ids: kopf names its progress annotations after them (finetune.io/<id>).
     @kopf.on.create(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
     @kopf.on.resume(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)

@@ -85,8 +85,9 @@ async def resync_once(context: Context, namespaces: Collection[str]) -> None:
             )
 
     # A job deleted while its watch event was missed is gone from the listings: forget it
-    # (metric series included). Only jobs known before listing: a newer one may be unlisted.
-    known_before = context.metrics.known_jobs()
+    # (its metric series and its progress reads). Only jobs known before listing: a newer
+    # one may be unlisted.
+    known_before = context.metrics.known_jobs() | set(context.progress.watches)
     listed: set[tuple[str, str]] = set()
     for collection in collections:
         listing = await context.client.request("GET", collection) or {}
@@ -152,4 +153,5 @@ async def run_operator(
         resync.cancel()
         for handle in context.wakeups.values():
             handle.cancel()
+        await context.progress.close()
         await context.client.close()

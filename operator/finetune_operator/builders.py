@@ -7,6 +7,8 @@ what makes create-or-adopt idempotent and `finetune render` truthful.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from typing import Any
 
 import yaml
@@ -59,9 +61,16 @@ def job_document(job: api.FineTuneJob) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=4096)
+def job_yaml(document_json: str) -> str:
+    """The job document as YAML, keyed by its JSON: every reconcile pass builds the ConfigMap,
+    and PyYAML's pure-Python dumper would cost milliseconds each time (JSON keeps the order)."""
+    return yaml.safe_dump(json.loads(document_json), sort_keys=False)
+
+
 def build_configmap(job: api.FineTuneJob) -> dict[str, Any]:
     """The ConfigMap holding the job for the trainer (key `job.yaml`)."""
-    text = yaml.safe_dump(job_document(job), sort_keys=False)
+    text = job_yaml(json.dumps(job_document(job)))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -7,6 +7,8 @@ object that is not is never adopted or overwritten.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,9 +114,17 @@ async def _patch_child(
 
 def carried_spec(configmap: Mapping[str, Any]) -> dict[str, Any] | None:
     """The spec the children were built from, as the ConfigMap hands it to the trainer."""
-    document = yaml.safe_load((configmap.get("data") or {}).get(naming.SPEC_KEY) or "{}") or {}
+    spec = _spec_in(str((configmap.get("data") or {}).get(naming.SPEC_KEY) or "{}"))
+    return None if spec is None else dict(json.loads(spec))
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_in(text: str) -> str | None:
+    """The spec of a job document, as JSON; parsed once per text, since every reconcile pass
+    reads the ConfigMap and PyYAML's pure-Python loader costs milliseconds."""
+    document = yaml.safe_load(text) or {}
     spec = document.get("spec") if isinstance(document, dict) else None
-    return spec if isinstance(spec, dict) else None
+    return json.dumps(spec, default=str) if isinstance(spec, dict) else None
 
 
 async def ensure_child(

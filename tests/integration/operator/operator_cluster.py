@@ -257,11 +257,20 @@ def free_port() -> int:
 class OperatorProcess:
     """`finetune-operator` as a separate process, so that a test can kill it outright."""
 
-    def __init__(self, cluster: Cluster, folder: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        folder: Path,
+        *,
+        metrics_port: int = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.kubeconfig = folder / "kubeconfig"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "operator.log"
+        self.metrics_port = metrics_port  # 0: any free port (nobody scrapes it)
+        self.extra_env = dict(env or {})
 
     async def start(self) -> None:
         config = {
@@ -279,9 +288,10 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "FINETUNE_RESYNC_SECONDS": str(TEST_SETTINGS.resync_seconds),
             "FINETUNE_KUBERAY_RETRY_SECONDS": str(TEST_SETTINGS.kuberay_retry_seconds),
+            **self.extra_env,
         }
         command = [sys.executable, "-m", "finetune_operator.main", "--health-port", str(port)]
-        command += ["--metrics-port", "0"]
+        command += ["--metrics-port", str(self.metrics_port)]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         await eventually(lambda: self._healthy(port), timeout=30, what="the operator's probe")

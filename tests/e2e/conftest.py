@@ -7,11 +7,9 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import kmock
 import pytest
 
-from tests.e2e.e2e_cluster import QUICKSTART_DATA, EndToEnd
-from tests.integration.operator.operator_cluster import emulated_cluster
+from tests.e2e.e2e_cluster import QUICKSTART_DATA, EndToEnd, end_to_end
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +24,5 @@ def quickstart_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def e2e(quickstart_model: Path, tmp_path: Path) -> AsyncIterator[EndToEnd]:
-    async with emulated_cluster() as cluster:
-        cluster.emulator.resources["v1/secrets"] = kmock.ResourceInfo(
-            kind="Secret", namespaced=True
-        )
-        await cluster.install_kuberay_crd()
-        bed = EndToEnd(cluster, tmp_path, quickstart_model)
-        await bed.start()
-        try:
-            yield bed
-        finally:
-            await bed.stop()
+    async with end_to_end(tmp_path, quickstart_model) as bed:
+        yield bed

@@ -7,12 +7,14 @@ KubeRay stand-in process, and the trainer it runs on a local Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from tests.integration.operator.operator_cluster import (
     ROOT,
     Cluster,
     OperatorProcess,
+    emulated_cluster,
     eventually,
     free_port,
 )
@@ -242,3 +245,19 @@ class EndToEnd:
 def kill_driver(record: dict[str, Any]) -> None:
     """SIGKILL the attempt's driver (`finetune run`) alone, as an OOM killer would."""
     os.kill(int(record["pid"]), signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def end_to_end(folder: Path, model_dir: Path) -> AsyncIterator[EndToEnd]:
+    """kmock (with Secrets and KubeRay's CRD), the operator and the stand-in, started."""
+    async with emulated_cluster() as cluster:
+        cluster.emulator.resources["v1/secrets"] = kmock.ResourceInfo(
+            kind="Secret", namespaced=True
+        )
+        await cluster.install_kuberay_crd()
+        bed = EndToEnd(cluster, folder, model_dir)
+        await bed.start()
+        try:
+            yield bed
+        finally:
+            await bed.stop()

@@ -214,7 +214,8 @@ class EndToEnd:
                 raise AssertionError(
                     f"{name} failed: {self.cluster.status(name)}\n{self.attempt_logs(name)}"
                 )
-            return current == phase
+            # The pass posts its Events after its status write: wait for the phase's too.
+            return current == phase and self.phases(name)[-1:] == [phase]
 
         try:
             await eventually(reached, timeout=timeout, what=f"{name} {phase}", interval=0.2)

@@ -580,10 +580,14 @@ class ConditionType(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    # Whether the running trainer's progress can be read; False after reads kept failing.
+    PROGRESS_AVAILABLE = "ProgressAvailable"
 
 
 class Condition(ApiModel):
-    type: ConditionType = Field(description="Running, Succeeded, Failed or Suspended.")
+    type: ConditionType = Field(
+        description="Running, Succeeded, Failed, Suspended or ProgressAvailable."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(None, description="Machine-readable reason (CamelCase).")
     message: str | None = Field(None, description="Human-readable details.")
@@ -602,6 +606,10 @@ class Progress(ApiModel):
     percent: float | None = Field(None, description="step / totalSteps x 100.")
     train_loss: float | None = Field(None, description="Latest training loss.")
     eval_loss: float | None = Field(None, description="Latest validation loss.")
+    best_eval_loss: float | None = Field(
+        None, description="Lowest validation loss so far (the base model's included)."
+    )
+    early_stopped: bool | None = Field(None, description="True once early stopping ended training.")
     tokens_per_second: float | None = Field(
         None, description="Non-padding tokens processed per second."
     )
@@ -631,7 +639,7 @@ class FineTuneJobStatus(ApiModel):
     message: str | None = Field(None, description="Details, naming the field or failing step.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Running, Succeeded, Failed, Suspended.",
+        description="Running, Succeeded, Failed, Suspended; ProgressAvailable while running.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(None, description="Spec generation last acted on.")

@@ -107,6 +107,17 @@ def volumes_and_mounts(job: api.FineTuneJob) -> tuple[list[dict[str, Any]], list
     return volumes, mounts
 
 
+# KubeRay builds the head service from the head container's ports, and only when none are
+# declared does it add Ray's own; declaring `progress` therefore declares those too.
+RAY_HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
+
+
+def head_ports(settings: Settings) -> list[dict[str, Any]]:
+    """The head container's ports: Ray's well-known ones and the driver's /progress."""
+    ports = [*RAY_HEAD_PORTS, ("progress", settings.progress_port)]
+    return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports]
+
+
 def trainer_container(
     job: api.FineTuneJob,
     settings: Settings,
@@ -173,6 +184,9 @@ def build_rayjob(job: api.FineTuneJob, settings: Settings) -> dict[str, Any]:
         resources=fixed_resources(settings.head_cpu, settings.head_memory),
         mounts=mounts,
     )
+    # The driver runs on the head: it serves GET /progress there for the operator to poll.
+    head["env"].append({"name": "FINETUNE_PROGRESS_PORT", "value": str(settings.progress_port)})
+    head["ports"] = head_ports(settings)
     worker = trainer_container(
         job, settings, name="ray-worker", resources=worker_resources(resources), mounts=mounts
     )

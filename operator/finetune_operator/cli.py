@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from finetune_trainer.run import run_command
 
     output = Path(args.output) if args.output else None
+    if args.progress_port is not None:
+        os.environ["FINETUNE_PROGRESS_PORT"] = str(args.progress_port)  # read by the driver
     return int(run_command(Path(args.file), output=output, workers=args.workers, fresh=args.fresh))
 
 
@@ -107,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train from step 0: move this run's old checkpoints aside (never deleted) "
         "instead of resuming from them",
+    )
+    run.add_argument(
+        "--progress-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve GET /progress on this port, as the driver does in a cluster "
+        "(same as FINETUNE_PROGRESS_PORT)",
     )
     run.set_defaults(handler=cmd_run)
     return parser

@@ -17,6 +17,15 @@ TRUE_IN_PHASE = {
 }
 
 
+# The conditions a phase sets; ProgressAvailable is set by the progress poll alone.
+PHASE_CONDITIONS = (
+    ConditionType.RUNNING,
+    ConditionType.SUCCEEDED,
+    ConditionType.FAILED,
+    ConditionType.SUSPENDED,
+)
+
+
 def set_condition(
     conditions: list[Condition],
     type_: ConditionType,
@@ -57,10 +66,11 @@ def conditions_for_phase(
     now: str,
     generation: int | None = None,
 ) -> list[Condition]:
-    """All four conditions as they read in `phase`: the matching one True, the rest False."""
+    """The four phase conditions as they read in `phase`: the matching one True, the rest
+    False (others, such as ProgressAvailable, are kept as they are)."""
     true_type = TRUE_IN_PHASE.get(phase)
     result = conditions
-    for type_ in ConditionType:
+    for type_ in PHASE_CONDITIONS:
         status: ConditionStatus
         if type_ is true_type:
             status, why, detail = "True", reason, message

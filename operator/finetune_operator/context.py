@@ -10,6 +10,7 @@ from typing import Any
 
 from finetune_operator import api
 from finetune_operator.kube import KubeClient
+from finetune_operator.progress_poll import ProgressPoller
 from finetune_operator.settings import Settings
 from finetune_operator.validation import InvalidSpec, parse_job
 
@@ -29,6 +30,11 @@ class Context:
     parsed: OrderedDict[str, api.FineTuneJob | InvalidSpec] = dataclasses.field(
         default_factory=OrderedDict
     )
+    # The running jobs' /progress reads (background tasks, one per job).
+    progress: ProgressPoller = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.progress = ProgressPoller(self.settings)
 
     def parse(self, manifest: dict[str, Any]) -> api.FineTuneJob:
         """parse_job with a small cache keyed by the manifest's content."""
@@ -52,6 +58,7 @@ class Context:
         handle = self.wakeups.pop((namespace, name), None)
         if handle is not None:
             handle.cancel()
+        self.progress.stop((namespace, name))
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())

@@ -38,6 +38,11 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
     def log_in(**_: Any) -> kopf.ConnectionInfo:
         return login()
 
+    @kopf.on.cleanup(id="stop-progress-reads", registry=registry)
+    async def stop_progress_reads(**_: Any) -> None:
+        # Before kopf waits for the tasks it did not start: the reads would hold it up.
+        await context.progress.close()
+
     # Short ids: kopf names its progress annotations after them (finetune.io/<id>).
     @kopf.on.create(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
     @kopf.on.resume(*FINETUNEJOBS, id="reconcile", registry=registry, backoff=backoff)
@@ -62,6 +67,14 @@ def build_registry(context: Context, login: Login) -> kopf.OperatorRegistry:
             logger.warning(event.message)
             await post_event(context.client, dict(body), event)
         await reconcile(context, namespace or "default", name)
+
+    @kopf.on.event(*FINETUNEJOBS, id="forget-deleted", registry=registry)
+    async def forget_deleted_job(
+        event: kopf.RawEvent, name: str, namespace: str | None, **_: Any
+    ) -> None:
+        # An event handler, not a deletion handler: it adds no finalizer to the job.
+        if event.get("type") == "DELETED":
+            context.forget(namespace or "default", name)
 
     @kopf.on.event(
         *RAYJOBS, id="follow-rayjob", labels={naming.JOB_LABEL: kopf.PRESENT}, registry=registry

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from finetune_operator import api, children, kuberay, timeutil
+from finetune_operator import api, children, kuberay, progress_poll, timeutil
 from finetune_operator.actions import ApplySpec, DeleteJob, Fail, KeepSpec, WakeAt
 from finetune_operator.api import Phase
 from finetune_operator.children import (
@@ -126,6 +126,8 @@ def retry_transient_errors(delay: float) -> Iterator[None]:
 async def _act(context: Context, body: dict[str, Any], outcome: Outcome) -> None:
     """Create what is missing and carry out the policies; record the status to write."""
     if outcome.finished:
+        metadata = body.get("metadata") or {}
+        context.progress.stop((metadata.get("namespace") or "default", metadata.get("name", "")))
         return
     job = await _parse(context, body, outcome)
     if job is None:
@@ -150,6 +152,31 @@ async def _act(context: Context, body: dict[str, Any], outcome: Outcome) -> None
         rayjob_name=rayjob["metadata"]["name"],
         attempts=attempts_from_rayjob(rayjob.get("status"), ended=observation.phase.is_terminal()),
     )
+    await _report_progress(context, job, rayjob, outcome)
+
+
+async def _report_progress(
+    context: Context, job: api.FineTuneJob, rayjob: Mapping[str, Any], outcome: Outcome
+) -> None:
+    """Follow the trainer's /progress while the job runs and carry what it said into status;
+    the pass that ends the run takes the last of it and stops the reads."""
+    namespace, name = job.metadata.namespace or "default", job.metadata.name
+    key = (namespace, name)
+    running = outcome.status.phase is Phase.RUNNING
+    url = progress_poll.progress_url(rayjob.get("status"), context.settings.progress_port)
+    if running and url:
+        context.progress.follow(
+            key, url, wake=lambda delay: wake_later(context, namespace, name, delay)
+        )
+    watch = context.progress.watches.get(key)
+    if watch is None:
+        return
+    if not running:
+        await context.progress.settle(key)  # a read under way may carry the final result
+    loop_time = asyncio.get_running_loop().time()
+    progress_poll.take_progress(watch, outcome, context.settings, now=loop_time)
+    if not running:
+        context.progress.stop(key)
 
 
 async def _parse(

@@ -83,9 +83,19 @@ async def resync_once(context: Context, namespaces: Collection[str]) -> None:
                 context, metadata.get("namespace") or "default", metadata["name"]
             )
 
+    listed: set[tuple[str, str]] = set()
     for collection in collections:
         listing = await context.client.request("GET", collection) or {}
-        await asyncio.gather(*(one(item) for item in listing.get("items") or []))
+        items = listing.get("items") or []
+        listed.update(
+            ((item.get("metadata") or {}).get("namespace") or "default", item["metadata"]["name"])
+            for item in items
+        )
+        await asyncio.gather(*(one(item) for item in items))
+    # A job deleted while no watch event reached us: its head must not be read forever.
+    for key in set(context.progress.watches) - listed:
+        if not namespaces or key[0] in namespaces:
+            context.forget(*key)
 
 
 def warm_up_validation() -> None:
@@ -135,4 +145,5 @@ async def run_operator(
         resync.cancel()
         for handle in context.wakeups.values():
             handle.cancel()
+        await context.progress.close()
         await context.client.close()

@@ -29,6 +29,23 @@ class Settings:
     retry_seconds: float = 5.0
     # Status messages longer than this are cut (KubeRay may carry a whole traceback).
     max_message_length: int = 1024
+    # The port the driver on the Ray head serves GET /progress on (design §5): the builder
+    # declares it on the head container, the poller asks for it on the head service.
+    progress_port: int = 8266
+    # How often a running job's /progress is read, and how long one read may take.
+    progress_poll_seconds: float = 5.0
+    progress_timeout_seconds: float = 3.0
+    # At most one progress-driven status write per job in this window (the final result and
+    # phase changes are never held back).
+    progress_write_seconds: float = 15.0
+    # How long reads may fail before the job shows ProgressAvailable=False and a Warning.
+    progress_grace_seconds: float = 60.0
+    # Failed reads back off exponentially up to this.
+    progress_backoff_max_seconds: float = 60.0
+    # HTTP reads in flight at once, over all jobs.
+    progress_concurrency: int = 64
+    # At most one CheckpointSaved Event per job in this window (status shows every one).
+    checkpoint_event_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +59,9 @@ class Settings:
         for name, field in (
             ("FINETUNE_RESYNC_SECONDS", "resync_seconds"),
             ("FINETUNE_KUBERAY_RETRY_SECONDS", "kuberay_retry_seconds"),
+            ("FINETUNE_PROGRESS_POLL_SECONDS", "progress_poll_seconds"),
+            ("FINETUNE_PROGRESS_WRITE_SECONDS", "progress_write_seconds"),
+            ("FINETUNE_PROGRESS_GRACE_SECONDS", "progress_grace_seconds"),
         ):
             if env.get(name):
                 try:
@@ -50,4 +70,9 @@ class Settings:
                     raise ValueError(
                         f"{name} must be a number of seconds, got {env[name]!r}"
                     ) from None
+        if env.get("FINETUNE_PROGRESS_PORT"):
+            port = env["FINETUNE_PROGRESS_PORT"]
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"FINETUNE_PROGRESS_PORT must be a port number, got {port!r}")
+            overrides["progress_port"] = int(port)
         return dataclasses.replace(cls(), **overrides)  # type: ignore[arg-type]

@@ -217,7 +217,7 @@ class Worker:
         }
         return row | _gpu_row(tokens / elapsed, self.total_params, self.world)
 
-    def evaluate_if_due(self) -> dict[str, float]:
+    def evaluate_if_due(self) -> dict[str, Any]:
         """Validation loss every evaluation.everySteps (else once an epoch) and at the end."""
         step = self.state.step
         every = self.spec.evaluation.every_steps or self.config.steps_per_epoch
@@ -229,7 +229,9 @@ class Worker:
         if self.early is not None:
             self.state.stopped_early = self.early.update(result["loss"])
             self.state.early_stopping = self.early.state_dict()
-        return {"eval_loss": result["loss"], "eval_perplexity": result["perplexity"]}
+        row = {"eval_loss": result["loss"], "eval_perplexity": result["perplexity"]}
+        # The driver tells the operator, which posts an EarlyStopped Event.
+        return row | ({"stopped_early": True} if self.state.stopped_early else {})
 
     def report(self, row: dict[str, Any]) -> bool:
         """Hand the row to the driver; True (on every rank) when the driver asked to stop."""

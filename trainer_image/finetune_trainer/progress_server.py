@@ -5,6 +5,11 @@ Ray head and writes status itself. The body is the design's progress contract:
 {"progress": {...}, "lastCheckpoint": {"step", "uri"} | null, "result": {...} | null},
 each part the wire form of the API model status uses (api.Progress, api.CheckpointRef,
 api.Result). Started only when FINETUNE_PROGRESS_PORT is set.
+
+The hand-over of the result: KubeRay tears the cluster down as soon as the driver exits
+(shutdownAfterJobFinishes), so once the result is published the driver keeps serving until
+the result has been read at least once, or FINETUNE_PROGRESS_LINGER_SECONDS pass. The RayJob
+stays Running meanwhile, and the operator writes the result before it sees the job end.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any, TypedDict
 from finetune_operator import api
 
 PORT_ENV = "FINETUNE_PROGRESS_PORT"
+LINGER_ENV = "FINETUNE_PROGRESS_LINGER_SECONDS"
+DEFAULT_LINGER_SECONDS = 120.0  # above the operator's longest backoff between reads (60 s)
 
 
 class ProgressBody(TypedDict):
@@ -41,6 +48,7 @@ class ProgressBoard:
         self._checkpoint: api.CheckpointRef | None = None
         self._result: api.Result | None = None
         self._clock: tuple[float, int] | None = None  # (time, step) when this attempt began
+        self.result_served = threading.Event()  # a GET /progress carried the result
 
     def update(self, row: dict[str, Any], total_steps: int) -> None:
         """Fold one history row in; loss fields keep their last value until a row has them."""
@@ -60,6 +68,12 @@ class ProgressBoard:
                 progress.tokens_per_second = row["tokens_per_second"]
             if "eval_loss" in row:
                 progress.eval_loss = row["eval_loss"]
+                best = progress.best_eval_loss
+                progress.best_eval_loss = (
+                    row["eval_loss"] if best is None else min(best, row["eval_loss"])
+                )
+            if row.get("stopped_early"):
+                progress.early_stopped = True
 
     def checkpointed(self, checkpoint: api.CheckpointRef) -> None:
         with self._lock:
@@ -68,6 +82,11 @@ class ProgressBoard:
     def finished(self, result: api.Result) -> None:
         with self._lock:
             self._result = result
+
+    @property
+    def has_result(self) -> bool:
+        with self._lock:
+            return self._result is not None
 
     def snapshot(self) -> ProgressBody:
         with self._lock:
@@ -96,12 +115,16 @@ def serve(board: ProgressBoard, port: int) -> ThreadingHTTPServer:
             if self.path.rstrip("/") != "/progress":
                 self.send_error(404, "only /progress is served here")
                 return
-            body = json.dumps(board.snapshot()).encode()
+            snapshot = board.snapshot()
+            body = json.dumps(snapshot).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
+            if snapshot["result"] is not None:
+                board.result_served.set()
 
         def log_message(self, *_: Any) -> None:  # polled every few seconds: no access log
             pass
@@ -116,12 +139,28 @@ def serve_from_env(board: ProgressBoard) -> ThreadingHTTPServer | None:
     return serve(board, int(port)) if port else None
 
 
+def linger_seconds() -> float:
+    value = os.environ.get(LINGER_ENV)
+    return float(value) if value else DEFAULT_LINGER_SECONDS
+
+
+def hand_over_result(board: ProgressBoard, linger: float) -> bool:
+    """Wait until the result has been read, at most `linger` seconds; True when it was."""
+    if not board.has_result or board.result_served.is_set():
+        return board.result_served.is_set()
+    print(f"waiting up to {linger:.0f}s for the operator to read the result from /progress")
+    return board.result_served.wait(linger)
+
+
 @contextmanager
 def serving(board: ProgressBoard) -> Iterator[None]:
-    """Serve `board` while the block runs, when FINETUNE_PROGRESS_PORT asks for it."""
+    """Serve `board` while the block runs, when FINETUNE_PROGRESS_PORT asks for it; after a
+    successful run, until the result has been read (see the module's docstring)."""
     server = serve_from_env(board)
     try:
         yield
+        if server is not None:
+            hand_over_result(board, linger_seconds())
     finally:
         if server is not None:
             server.shutdown()

@@ -289,3 +289,18 @@ def test_every_example_renders_a_rayjob_kuberay_accepts(path) -> None:
     rayjob = build_rayjob(job, SETTINGS)
     assert schema_errors(rayjob) == []
     assert pruned_fields(rayjob, rayjob_schema()) == []
+
+
+def test_head_serves_progress_on_the_settings_port_and_keeps_rays_ports() -> None:
+    settings = Settings(trainer_image="registry.local/trainer:1", progress_port=9123)
+    rayjob = build_rayjob(MakeJob.operator().typed(), settings)
+    (head,) = head_of(rayjob)["template"]["spec"]["containers"]
+    assert {"name": "FINETUNE_PROGRESS_PORT", "value": "9123"} in head["env"]
+    ports = {port["name"]: port["containerPort"] for port in head["ports"]}
+    # KubeRay's head service exposes the declared ports only, so Ray's own are declared too.
+    assert ports == {"progress": 9123, "dashboard": 8265, "client": 10001, "gcs-server": 6379,
+                     "metrics": 8080}  # fmt: skip
+    (worker,) = workers_of(rayjob)["template"]["spec"]["containers"]
+    assert "ports" not in worker
+    assert all(env["name"] != "FINETUNE_PROGRESS_PORT" for env in worker["env"])
+    assert schema_errors(rayjob) == [] and pruned_fields(rayjob, rayjob_schema()) == []

@@ -72,3 +72,24 @@ def test_settings_from_environment() -> None:
     assert Settings.from_env({}) == Settings()
     with pytest.raises(ValueError, match="FINETUNE_RESYNC_SECONDS"):
         Settings.from_env({"FINETUNE_RESYNC_SECONDS": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"FINETUNE_PROGRESS_PORT": "9000"}, "progress_port", 9000),
+        ({"FINETUNE_PROGRESS_POLL_SECONDS": "2"}, "progress_poll_seconds", 2.0),
+        ({"FINETUNE_PROGRESS_WRITE_SECONDS": "30"}, "progress_write_seconds", 30.0),
+        ({"FINETUNE_PROGRESS_GRACE_SECONDS": "90"}, "progress_grace_seconds", 90.0),
+        ({}, "progress_port", 8266),
+        ({}, "progress_write_seconds", 15.0),
+    ],
+)
+def test_progress_settings_from_environment(env, field, value) -> None:
+    assert getattr(Settings.from_env(env), field) == value
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http", "-1"])
+def test_a_progress_port_that_is_no_port_is_refused(port) -> None:
+    with pytest.raises(ValueError, match="FINETUNE_PROGRESS_PORT"):
+        Settings.from_env({"FINETUNE_PROGRESS_PORT": port})

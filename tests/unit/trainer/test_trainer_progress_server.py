@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import math
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 from finetune_operator import api
-from finetune_trainer.progress_server import ProgressBoard, final_result, serve
+from finetune_trainer.progress_server import (
+    LINGER_ENV,
+    PORT_ENV,
+    ProgressBoard,
+    final_result,
+    serve,
+    serving,
+)
 
 CHECKPOINT_URI = "s3://bucket/run/checkpoints/chat-5f0c1e2a/checkpoint_step_00000010"
 
@@ -71,3 +80,60 @@ def test_the_result_appears_when_training_ends():
 
 def test_an_empty_board_serves_empty_progress_and_no_checkpoint_or_result():
     assert ProgressBoard().snapshot() == {"progress": {}, "lastCheckpoint": None, "result": None}
+
+
+def test_the_board_keeps_the_best_validation_loss_and_the_early_stop():
+    board = ProgressBoard()
+    rows = [
+        {"step": 0, "epoch": 0.0, "eval_loss": 6.3},
+        {"step": 10, "epoch": 0.5, "loss": 3.2, "tokens_per_second": 9.0, "eval_loss": 2.0},
+        {"step": 20, "epoch": 1.0, "loss": 3.0, "tokens_per_second": 9.0, "eval_loss": 2.4},
+        {"step": 30, "epoch": 1.5, "loss": 2.9, "tokens_per_second": 9.0, "eval_loss": 2.6,
+         "stopped_early": True},
+    ]  # fmt: skip
+    seen = []
+    for row in rows:
+        board.update(row, 40)
+        progress = board.snapshot()["progress"]
+        seen.append((progress["evalLoss"], progress["bestEvalLoss"], progress.get("earlyStopped")))
+    assert seen == [(6.3, 6.3, None), (2.0, 2.0, None), (2.4, 2.0, None), (2.6, 2.0, True)]
+
+
+def serve_with_result(monkeypatch, linger: str) -> tuple[str, threading.Thread, list[float]]:
+    """`serving` on a free port around a run that publishes its result; the thread it runs
+    in, and when (monotonic) the block was left and the serving ended."""
+    port = free_port()
+    monkeypatch.setenv(PORT_ENV, str(port))
+    monkeypatch.setenv(LINGER_ENV, linger)
+    times: list[float] = []
+
+    def run() -> None:
+        board = ProgressBoard()
+        with serving(board):
+            board.finished(final_result("s3://bucket/run", {"train_loss": 1.0}))
+            times.append(time.monotonic())
+        times.append(time.monotonic())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return f"http://127.0.0.1:{port}/progress", thread, times
+
+
+def test_the_driver_serves_until_the_result_has_been_read(monkeypatch):
+    url, thread, times = serve_with_result(monkeypatch, "30")
+    time.sleep(0.5)
+    assert thread.is_alive(), "the driver left before anyone read the result"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        assert json.load(reply)["result"]["outputUri"] == "s3://bucket/run"
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert times[1] - times[0] < 10  # left when read, long before the linger ran out
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
+
+
+def test_the_driver_leaves_after_the_linger_when_nobody_reads(monkeypatch):
+    _, thread, times = serve_with_result(monkeypatch, "0.3")
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert 0.3 <= times[1] - times[0] < 5

@@ -60,7 +60,15 @@ E2E_SPEC: dict[str, Any] = {
     "resources": {"workers": 1, "gpusPerWorker": 0, "cpusPerWorker": 1, "memoryPerWorker": "4Gi"},
     "checkpointing": {"everySteps": 3, "keep": 2},
 }
-PHASE_TIMEOUT = 300.0  # one training attempt on 2 shared cores, Ray start included
+PHASE_TIMEOUT = 300.0
+PHASES = (
+    "Pending",
+    "Initializing",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+)  # one training attempt on 2 shared cores, Ray start included
 
 
 class StandInProcess:
@@ -105,8 +113,13 @@ class EndToEnd:
             cluster,
             folder,
             metrics_port=self.metrics_port,
-            # Never the fixed 8266: other suites may run beside this one.
-            env={"FINETUNE_PROGRESS_PORT": str(self.progress_port)},
+            env={
+                # Never the fixed 8266: other suites may run beside this one.
+                "FINETUNE_PROGRESS_PORT": str(self.progress_port),
+                # A run here lasts about a minute: read and write progress often enough to see it move.
+                "FINETUNE_PROGRESS_POLL_SECONDS": "1",
+                "FINETUNE_PROGRESS_WRITE_SECONDS": "2",
+            },
         )
         self.standin = StandInProcess(folder / "kubeconfig", self.workdir, folder / "standin.log")
         data = self.claim("data")
@@ -185,7 +198,8 @@ class EndToEnd:
 
     def phases(self, name: str) -> list[str]:
         """The phases the operator announced, in order (one Event per phase change)."""
-        return [e["message"].split(":", 1)[0] for e in self.events(name)]
+        said = [e["message"].split(":", 1)[0] for e in self.events(name)]
+        return [phase for phase in said if phase in PHASES]
 
     def checkpoints(self, name: str) -> list[int]:
         """Steps of the complete checkpoints in the job's shared storage."""

@@ -6,6 +6,7 @@ Both look at one run (module-scoped: a training run is the expensive part).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import secrets
@@ -28,6 +29,7 @@ class Run:
     canary: str
     status: dict[str, Any]
     driver_env: bytes  # the first attempt's driver environment, read while it ran
+    progress: list[dict[str, Any]]  # every distinct status.progress seen while it ran
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -48,8 +50,21 @@ async def happy_run(
 
         record = await eventually(lambda: bed.attempt("happy"), timeout=120, what="the attempt")
         driver_env = Path(f"/proc/{record['pid']}/environ").read_bytes()
-        status = await bed.wait_phase("happy", "Succeeded")
-        yield Run(bed, canary, status, driver_env)
+        seen: list[dict[str, Any]] = []
+        sampling = asyncio.create_task(sample_progress(bed, "happy", seen))
+        try:
+            status = await bed.wait_phase("happy", "Succeeded")
+        finally:
+            sampling.cancel()
+        yield Run(bed, canary, status, driver_env, seen)
+
+
+async def sample_progress(bed: EndToEnd, name: str, seen: list[dict[str, Any]]) -> None:
+    while True:
+        progress = bed.cluster.status(name).get("progress")
+        if progress and (not seen or progress != seen[-1]):
+            seen.append(progress)
+        await asyncio.sleep(0.2)
 
 
 async def test_applied_job_trains_an_adapter_that_loads(happy_run: Run) -> None:
@@ -64,12 +79,24 @@ async def test_applied_job_trains_an_adapter_that_loads(happy_run: Run) -> None:
         "Succeeded": "True",
         "Failed": "False",
         "Suspended": "False",
+        "ProgressAvailable": "True",
     }
     steps = bed.history_steps("happy")
     assert steps == sorted(set(steps)) and steps[-1] == 12
     metrics = bed.metrics("happy")
     assert metrics["resumed_from_step"] == 0
     assert metrics["eval_loss"] < 6.0  # the untrained model's is about 6.3
+    # Progress flowed back while it ran, and the result and last checkpoint stayed.
+    steps_seen = [p["step"] for p in happy_run.progress if p.get("step") is not None]
+    assert len(set(steps_seen)) >= 2 and steps_seen == sorted(steps_seen), happy_run.progress
+    assert all(p["totalSteps"] == 12 for p in happy_run.progress if "totalSteps" in p)
+    assert status["result"]["metrics"]["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert status["result"]["outputUri"] == "pvc://outputs/happy"
+    checkpoint = status["lastCheckpoint"]
+    assert checkpoint["step"] == 12
+    assert checkpoint["uri"].startswith("pvc://outputs/happy/checkpoints/happy-")
+    assert checkpoint["uri"].endswith("/checkpoint_step_00000012")
+    assert (bed.claim("outputs") / checkpoint["uri"].removeprefix("pvc://outputs/")).is_dir()
     rayjob = bed.cluster.get("ray.io/v1/rayjobs", "happy")
     assert rayjob is not None
     assert (rayjob["status"]["succeeded"], rayjob["status"]["failed"]) == (1, 0)

@@ -72,7 +72,8 @@ class RunPlan:
         return ray_train.run_name(self.job.metadata)
 
     def checkpoint_uri(self, step: int) -> str:
-        return ray_train.checkpoint_uri(self.out.checkpoint_storage, self.name, step)
+        """In the user's terms, like the output's: pvc://claim/... stays pvc://, not a mount path."""
+        return ray_train.checkpoint_uri(f"{self.out.uri}/checkpoints", self.name, step)
 
 
 @dataclass(frozen=True)

@@ -257,9 +257,23 @@ class EndToEnd:
         return self.operator.log.read_text(errors="replace")
 
 
-def kill_driver(record: dict[str, Any]) -> None:
-    """SIGKILL the attempt's driver (`finetune run`) alone, as an OOM killer would."""
-    os.kill(int(record["pid"]), signal.SIGKILL)
+def driver_pid(record: dict[str, Any]) -> int:
+    """The `finetune run` process of an attempt: the entrypoint's shell runs it as a child
+    (as Ray's job supervisor does; dash does not exec a lone command), or is it."""
+    shell = int(record["pid"])
+    for pid in marked_processes(record["mark"]):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == shell:  # field 4: the parent's pid
+                return pid
+    return shell
+
+
+def kill_driver(record: dict[str, Any]) -> int:
+    """SIGKILL the attempt's driver alone, as an OOM killer would; its pid."""
+    pid = driver_pid(record)
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 @contextlib.asynccontextmanager

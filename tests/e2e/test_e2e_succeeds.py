@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.e2e.e2e_cluster import EndToEnd, end_to_end
+from tests.e2e.e2e_cluster import EndToEnd, driver_pid, end_to_end
 from tests.integration.operator.operator_cluster import NAMESPACE, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -49,7 +49,10 @@ async def happy_run(
         await bed.apply(bed.job("happy").set("spec.model.secretRef", {"name": "hf-token"}))
 
         record = await eventually(lambda: bed.attempt("happy"), timeout=120, what="the attempt")
-        driver_env = Path(f"/proc/{record['pid']}/environ").read_bytes()
+        driver = await eventually(
+            lambda: driver_pid(record) != record["pid"] and driver_pid(record)
+        )
+        driver_env = Path(f"/proc/{driver}/environ").read_bytes()
         seen: list[dict[str, Any]] = []
         sampling = asyncio.create_task(sample_progress(bed, "happy", seen))
         try:

@@ -72,7 +72,7 @@ class RunPlan:
         return ray_train.run_name(self.job.metadata)
 
     def checkpoint_uri(self, step: int) -> str:
-        """In the user's terms, like the output's: pvc://claim/... stays pvc://, not a mount path."""
+        """In the output's own terms: pvc://claim/... stays pvc://, not a mount path."""
         return ray_train.checkpoint_uri(f"{self.out.uri}/checkpoints", self.name, step)
 
 

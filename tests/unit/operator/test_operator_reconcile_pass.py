@@ -158,7 +158,10 @@ async def test_input_the_trainer_refused_fails_the_job_and_stops_the_retries() -
     assert RAYJOB not in kube.objects  # KubeRay would have spent backoffLimit on it
     assert_one_write_then_events(kube)
     assert (status(kube)["phase"], status(kube)["reason"]) == ("Failed", "InvalidInput")
-    assert status(kube)["message"] == "/etc/finetune/job.yaml: data.jsonl: 2 of 2 records are malformed"
+    assert (
+        status(kube)["message"]
+        == "/etc/finetune/job.yaml: data.jsonl: 2 of 2 records are malformed"
+    )
     assert status(kube)["attempts"] == 1
 
 

@@ -202,11 +202,17 @@ class EndToEnd:
         return [phase for phase in said if phase in PHASES]
 
     def checkpoints(self, name: str) -> list[int]:
-        """Steps of the complete checkpoints in the job's shared storage."""
-        folders = (self.output(name) / "checkpoints").glob("*/checkpoint_step_*")
-        return sorted(
-            int(p.name.rsplit("_", 1)[1]) for p in folders if (p / "trainer_state.json").exists()
-        )
+        """Steps of the checkpoints Ray Train has recorded for the job's run: the ones a new
+        attempt can resume from (its controller records a reported checkpoint in its
+        snapshot within RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s, of the report)."""
+        steps = []
+        for snapshot in (self.output(name) / "checkpoints").glob(
+            "*/checkpoint_manager_snapshot.json"
+        ):
+            with contextlib.suppress(OSError, ValueError):  # being rewritten this instant
+                results = json.loads(snapshot.read_text())["checkpoint_results"]
+                steps += [int(r["checkpoint_dir_name"].rsplit("_", 1)[1]) for r in results]
+        return sorted(steps)
 
     def history_steps(self, name: str) -> list[int]:
         path = self.output(name) / "history.jsonl"
@@ -239,7 +245,7 @@ class EndToEnd:
         return self.cluster.status(name)
 
     async def wait_checkpoint(self, name: str, timeout: float = PHASE_TIMEOUT) -> int:
-        """The first complete checkpoint's step, once there is one."""
+        """The newest recorded checkpoint's step, once there is one."""
         steps = await eventually(lambda: self.checkpoints(name), timeout=timeout,
                                  what=f"a checkpoint of {name}", interval=0.2)  # fmt: skip
         return int(steps[-1])

@@ -18,8 +18,6 @@ EVERY = 3  # E2E_SPEC's checkpointing.everySteps
 async def test_killed_driver_is_retried_from_its_checkpoint(e2e: EndToEnd) -> None:
     await e2e.apply(e2e.job("retry"))
     checkpoint = await e2e.wait_checkpoint("retry")
-    # Past the checkpoint's step, its report has returned: Ray Train has recorded it.
-    await eventually(lambda: max(e2e.history_steps("retry"), default=0) > checkpoint, timeout=120)
     first = e2e.attempt("retry")
     assert first is not None and first["attempt"] == 1
     trained = max(e2e.history_steps("retry"), default=0)
@@ -54,7 +52,6 @@ async def test_killed_driver_is_retried_from_its_checkpoint(e2e: EndToEnd) -> No
 async def test_suspended_job_stops_and_resumes_from_its_checkpoint(e2e: EndToEnd) -> None:
     await e2e.apply(e2e.job("pause"))
     first = await e2e.wait_checkpoint("pause")
-    await eventually(lambda: max(e2e.history_steps("pause"), default=0) > first, timeout=120)
     record = e2e.attempt("pause")
     assert record is not None
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup tools demo test test-unit verify generate bench clean
+.PHONY: help setup tools demo test test-unit e2e verify generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test: setup tools ## run every test (unit, integration, e2e)
 
 test-unit: setup ## run the fast unit tests only
 	$(PY) -m pytest tests/unit
+
+e2e: setup ## kubectl apply to a trained adapter: operator + KubeRay stand-in + trainer
+	$(PY) -m pytest tests/e2e -m e2e
 
 generate: setup ## regenerate the CRD and the Grafana dashboard
 	$(PY) -m finetune_operator.crd

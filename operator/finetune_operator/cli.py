@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from finetune_operator.errors import EXIT_BAD_INPUT
 from finetune_operator.validation import validate_file
 
-EXIT_BAD_INPUT = 2
 # Import names of the packages in pyproject's `trainer` extra, and of the two the trainer
 # imports that come with them (botocore with s3fs, huggingface_hub with transformers).
 TRAINER_MODULES = frozenset(

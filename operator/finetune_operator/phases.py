@@ -16,6 +16,10 @@ from typing import Any
 from finetune_operator import kuberay
 from finetune_operator.api import Phase
 from finetune_operator.kuberay import JobDeploymentStatus as Deployment
+from finetune_operator.trainer_failure import read_failure
+
+# The trainer refused the job's input (spec, data, model): no attempt can succeed.
+INVALID_INPUT = "InvalidInput"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +32,26 @@ class Observation:
 
 
 def phase_from_rayjob(status: Mapping[str, Any] | None) -> Observation:
-    """The FineTuneJob's phase, reason and message for one RayJob status."""
-    status = status or {}
+    """The FineTuneJob's phase, reason and message for one RayJob status; a failure the
+    trainer explained reads as the trainer's own words."""
+    observation = _phase_from_kuberay(status or {})
+    failure = read_failure(str((status or {}).get("message") or ""))
+    if failure is None or not failure.problems:
+        return observation
+    if failure.bad_input and observation.phase is not Phase.SUCCEEDED:
+        return Observation(Phase.FAILED, INVALID_INPUT, failure.summary())
+    match observation.reason:
+        case "Retrying":
+            message = f"an attempt failed: {failure.summary()}; KubeRay starts a new Ray cluster"
+            return dataclasses.replace(observation, message=message)
+        case "RayJobFinishing":
+            return dataclasses.replace(observation, message=failure.summary())
+    if observation.phase is Phase.FAILED:
+        return dataclasses.replace(observation, message=failure.summary())
+    return observation
+
+
+def _phase_from_kuberay(status: Mapping[str, Any]) -> Observation:
     deployment = kuberay.deployment_status(status)
     ray = kuberay.job_status(status)
     ray_text = str(status.get("jobStatus") or "")
@@ -85,11 +107,13 @@ def phase_from_rayjob(status: Mapping[str, Any] | None) -> Observation:
             )
 
 
-def attempts_from_rayjob(status: Mapping[str, Any] | None) -> int | None:
-    """Ray cluster attempts so far: finished ones plus the one under way, if any."""
+def attempts_from_rayjob(status: Mapping[str, Any] | None, *, ended: bool = False) -> int | None:
+    """Ray cluster attempts so far: finished ones plus the one under way, if any (none when
+    the job `ended` though KubeRay would go on, e.g. on input no attempt can use)."""
     if not status:
         return None
     finished = int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
     deployment = kuberay.deployment_status(status)
-    under_way = 0 if deployment is not None and deployment.is_terminal() else 1
+    stopped = ended or (deployment is not None and deployment.is_terminal())
+    under_way = 0 if stopped else 1
     return max(finished + under_way, 1)

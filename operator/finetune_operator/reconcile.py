@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from finetune_operator import api, children, progress_poll, timeutil
+from finetune_operator import api, children, kuberay, progress_poll, timeutil
 from finetune_operator.actions import ApplySpec, DeleteJob, Fail, KeepSpec, WakeAt
 from finetune_operator.api import Phase
 from finetune_operator.children import (
@@ -32,7 +32,12 @@ from finetune_operator.context import Context
 from finetune_operator.events import post_event
 from finetune_operator.kube import ApiError
 from finetune_operator.outcome import Outcome
-from finetune_operator.phases import Observation, attempts_from_rayjob, phase_from_rayjob
+from finetune_operator.phases import (
+    INVALID_INPUT,
+    Observation,
+    attempts_from_rayjob,
+    phase_from_rayjob,
+)
 from finetune_operator.policies import deadline, immutable, suspend, ttl
 from finetune_operator.validation import InvalidSpec
 
@@ -157,7 +162,7 @@ async def _act(context: Context, body: dict[str, Any], outcome: Outcome) -> None
         generation=None if isinstance(decision, KeepSpec) else generation,
         rayjob=rayjob,
         rayjob_name=rayjob["metadata"]["name"],
-        attempts=attempts_from_rayjob(rayjob.get("status")),
+        attempts=attempts_from_rayjob(rayjob.get("status"), ended=observation.phase.is_terminal()),
     )
     await _report_progress(context, job, rayjob, outcome)
 
@@ -252,6 +257,9 @@ async def _observe(
     observation = suspend.apply_suspend(
         phase_from_rayjob(rayjob.get("status")), suspend=policy.suspend
     )
+    if observation.reason == INVALID_INPUT and not kuberay.is_terminal(rayjob):
+        # Every attempt would refuse the same input: spend none of backoffLimit on it.
+        await context.client.delete(children.path_of_rayjob(rayjob))
     # The deadline counts from the startTime this observation gives the job.
     outcome.observe(observation, rayjob=rayjob)
     action = deadline.decide(policy.active_deadline_seconds, outcome.status, outcome.now)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
-from finetune_operator.errors import UserError
+from finetune_operator.errors import EXIT_BAD_INPUT, UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import cluster, layout, lineage, ray_train, tracker
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 STOP_AT_STEP_ENV = "FINETUNE_STOP_AT_STEP"  # test hook: act as if Ctrl-C came at this step
 STAGING_ENV = "FINETUNE_STAGING_DIR"  # where s3:// outputs are written before the upload
-EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ class RunPlan:
         return ray_train.run_name(self.job.metadata)
 
     def checkpoint_uri(self, step: int) -> str:
-        return ray_train.checkpoint_uri(self.out.checkpoint_storage, self.name, step)
+        """In the output's own terms: pvc://claim/... stays pvc://, not a mount path."""
+        return ray_train.checkpoint_uri(f"{self.out.uri}/checkpoints", self.name, step)
 
 
 @dataclass(frozen=True)

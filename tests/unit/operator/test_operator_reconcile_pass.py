@@ -146,6 +146,25 @@ async def test_deadline_fails_the_job_and_deletes_the_rayjob_in_one_write() -> N
     assert (status(kube)["phase"], status(kube)["reason"]) == ("Failed", "DeadlineExceeded")
 
 
+async def test_input_the_trainer_refused_fails_the_job_and_stops_the_retries() -> None:
+    kube = kube_with_job()
+    await running(kube)
+    message = (
+        "Job entrypoint command failed with exit code 2, last available logs (truncated to "
+        "20,000 chars):\nfinetune run: /etc/finetune/job.yaml: data.jsonl: 2 of 2 records are malformed\n"
+    )
+    set_rayjob(kube, jobDeploymentStatus="Retrying", jobStatus="FAILED", failed=1, message=message)
+    assert await one_pass(kube) is None
+    assert RAYJOB not in kube.objects  # KubeRay would have spent backoffLimit on it
+    assert_one_write_then_events(kube)
+    assert (status(kube)["phase"], status(kube)["reason"]) == ("Failed", "InvalidInput")
+    assert (
+        status(kube)["message"]
+        == "/etc/finetune/job.yaml: data.jsonl: 2 of 2 records are malformed"
+    )
+    assert status(kube)["attempts"] == 1
+
+
 async def test_ttl_zero_deletes_the_job_after_its_final_status() -> None:
     kube = kube_with_job(**{"spec.runPolicy.ttlSecondsAfterFinished": 0})
     await running(kube)

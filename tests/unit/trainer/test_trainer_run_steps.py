@@ -34,6 +34,16 @@ def test_plan_then_data_write_the_splits_and_one_complete_data_report(job_dir, m
     assert data.splits.total_steps == 4  # maxSteps
 
 
+def test_a_pvc_outputs_checkpoints_are_named_in_pvc_terms(job_dir, monkeypatch):
+    # Mounted at FINETUNE_PVC_ROOT, the claim is written through a local path; status says pvc://.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("FINETUNE_PVC_ROOT", str(job_dir / "mnt"))
+    manifest = MakeJob.trainer().output("pvc://outputs/tiny").obj()
+    plan = plan_run(write_job(job_dir, manifest), output=None, workers=1)
+    assert plan.out.local_dir == job_dir / "mnt" / "outputs" / "tiny"
+    assert plan.checkpoint_uri(2) == "pvc://outputs/tiny/checkpoints/tiny/checkpoint_step_00000002"
+
+
 def test_progress_is_served_only_inside_the_block_and_only_when_asked(monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -1,8 +1,10 @@
 """Resumable checkpoints through Ray Train: every rank saves its DeepSpeed shards and reports.
 
 A checkpoint folder holds DeepSpeed's engine state under `engine/` (module, optimizer and
-scheduler shards, one file per rank) and `trainer_state.json` (step, epoch, early
-stopping). The data order is a pure function of (seed, epoch), so the step is all the
+scheduler shards, one file per rank), `trainer_state.json` (step, epoch, early
+stopping) and `complete/`, one marker per rank written after its upload, which lets a
+retry resume from a checkpoint Ray Train had not yet recorded (see resume_point).
+The data order is a pure function of (seed, epoch), so the step is all the
 data-order state there is.
 """
 

@@ -99,22 +99,20 @@ class RunStorage:
         """Every rank's marker from one attempt, and every file they list at its full size."""
         folder = self.folder(checkpoint_dir_name(step))
         stored = dict(self._files_under(folder))
-        markers = [self._read_marker(folder, path) for path in stored
-                   if path.startswith(f"{MARKER_DIR}/")]  # fmt: skip
-        if not markers or any(m is None for m in markers):
+        read = [self._read_marker(folder, path) for path in stored
+                if path.startswith(f"{MARKER_DIR}/")]  # fmt: skip
+        markers = [marker for marker in read if marker is not None]
+        if not markers or len(markers) != len(read):
             return False
         first = markers[0]
-        assert first is not None
-        ranks = sorted(m.rank for m in markers if m is not None)
-        if ranks != list(range(first.world)):
+        if sorted(m.rank for m in markers) != list(range(first.world)):
             return False
-        for marker in markers:
-            assert marker is not None
-            if marker.attempt != first.attempt or marker.world != first.world:
-                return False
-            if any(stored.get(path) != size for path, size in marker.files.items()):
-                return False
-        return True
+        return all(
+            m.attempt == first.attempt
+            and m.world == first.world
+            and all(stored.get(path) == size for path, size in m.files.items())
+            for m in markers
+        )
 
     def newest_complete(self) -> int | None:
         return next((step for step in self.checkpoint_steps() if self.is_complete(step)), None)

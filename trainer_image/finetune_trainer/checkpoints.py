@@ -1,8 +1,10 @@
 """Resumable checkpoints through Ray Train: every rank saves its DeepSpeed shards and reports.
 
 A checkpoint folder holds DeepSpeed's engine state under `engine/` (module, optimizer and
-scheduler shards, one file per rank) and `trainer_state.json` (step, epoch, early
-stopping). The data order is a pure function of (seed, epoch), so the step is all the
+scheduler shards, one file per rank), `trainer_state.json` (step, epoch, early
+stopping) and `complete/`, one marker per rank written after its upload, which lets a
+retry resume from a checkpoint Ray Train had not yet recorded (see resume_point).
+The data order is a pure function of (seed, epoch), so the step is all the
 data-order state there is.
 """
 
@@ -10,9 +12,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from finetune_trainer import resume_point
+from finetune_trainer.resume_point import checkpoint_dir_name
 
 ENGINE_DIR = "engine"
 ENGINE_TAG = "state"
@@ -33,34 +39,82 @@ class TrainerState:
         return cls(**json.loads(text))
 
 
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_step_{step:08d}"
+@dataclass(frozen=True)
+class Attempt:
+    """This rank within this attempt of the run, as the completion markers record it."""
+
+    rank: int
+    world: int
+    token: str  # the same on every rank of one attempt (broadcast by rank 0)
+
+
+def this_attempt(rank: int, world: int) -> Attempt:
+    """Collective: a token rank 0 draws for this attempt, shared with every rank."""
+    import torch.distributed as dist
+
+    token: list[str | None] = [uuid.uuid4().hex if rank == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    return Attempt(rank=rank, world=world, token=str(token[0]))
 
 
 def save_and_report(
-    engine: Any, state: TrainerState, metrics: dict[str, Any], *, rank: int
+    engine: Any, state: TrainerState, metrics: dict[str, Any], *, attempt: Attempt
 ) -> None:
-    """Collective: every rank writes its shards and reports them into one checkpoint folder."""
+    """Collective: every rank writes its shards and reports them into one checkpoint folder,
+    then marks its part complete (see resume_point)."""
     import ray.train
 
+    name = checkpoint_dir_name(state.step)
     with tempfile.TemporaryDirectory(prefix="finetune-ckpt-") as tmp:
         engine.save_checkpoint(str(Path(tmp) / ENGINE_DIR), tag=ENGINE_TAG)
-        if rank == 0:
+        if attempt.rank == 0:
             (Path(tmp) / STATE_FILE).write_text(state.to_json())
+        files = resume_point.files_of(Path(tmp))
         ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=checkpoint_dir_name(state.step),
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name
         )
+    # report() returns once this rank's upload is done (CheckpointUploadMode.SYNC).
+    marker = resume_point.Marker(
+        rank=attempt.rank, world=attempt.world, attempt=attempt.token, files=files
+    )
+    run_storage().write_marker(name, marker)
 
 
-def restore_latest(engine: Any) -> TrainerState | None:
-    """Load the newest reported checkpoint of this run into `engine`; None when there is none."""
+def run_storage() -> resume_point.RunStorage:
+    """This run's folder, through the filesystem Ray Train persists checkpoints with."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
+    storage = ray.train.get_context().get_storage()
+    return resume_point.RunStorage(storage.storage_filesystem, storage.experiment_fs_path)
+
+
+def resume_checkpoint(*, rank: int) -> tuple[Any, bool]:
+    """The checkpoint to resume from (None for none) and whether Ray never recorded it.
+
+    Rank 0 decides and broadcasts, so that every rank loads the same step."""
+    import ray.train
+    import torch.distributed as dist
+
+    recorded = ray.train.get_checkpoint()
+    decision: list[int | None] = [None]
+    run = run_storage()
+    if rank == 0:
+        recorded_step = None if recorded is None else resume_point.step_of(recorded.path)
+        decision[0] = resume_point.unrecorded_resume_step(run, recorded_step)
+    dist.broadcast_object_list(decision, src=0)
+    step = decision[0]
+    if step is None:
+        return recorded, False
+    path = run.folder(checkpoint_dir_name(step))
+    return ray.train.Checkpoint(path=path, filesystem=run.fs), True
+
+
+def restore_latest(engine: Any, *, rank: int) -> tuple[TrainerState | None, bool]:
+    """Load the newest complete checkpoint of this run into `engine`: its state (None when
+    there is none) and whether it came from a folder Ray Train never recorded."""
+    checkpoint, unrecorded = resume_checkpoint(rank=rank)
     if checkpoint is None:
-        return None
+        return None, False
     with checkpoint.as_directory() as folder:
         engine.load_checkpoint(
             str(Path(folder) / ENGINE_DIR),
@@ -68,4 +122,4 @@ def restore_latest(engine: Any) -> TrainerState | None:
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
-        return TrainerState.from_json((Path(folder) / STATE_FILE).read_text())
+        return TrainerState.from_json((Path(folder) / STATE_FILE).read_text()), unrecorded

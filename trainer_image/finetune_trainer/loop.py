@@ -100,6 +100,11 @@ class Worker:
     state: checkpoints.TrainerState = field(default_factory=checkpoints.TrainerState)
     early: EarlyStopping | None = None
     saved_step: int = 0  # the step of the newest checkpoint
+    attempt: checkpoints.Attempt | None = None  # set inside Ray Train, where ranks save
+    # A checkpoint resumed from before Ray Train recorded it: Ray never deletes it, so it
+    # goes once `keep` newer checkpoints are saved, as Ray's own would.
+    adopted_step: int | None = None
+    saves: int = 0  # checkpoints saved by this attempt
     last_train_losses: list[float] = field(default_factory=list)
 
     @classmethod
@@ -115,7 +120,11 @@ class Worker:
         device = _device()
         torch.manual_seed(config.spec.hyperparameters.seed)
         worker = cls.build(config, ray.get(config.data), rank=rank, world=world, device=device)
-        worker.resume(checkpoints.restore_latest(worker.engine))
+        worker.attempt = checkpoints.this_attempt(rank, world)
+        restored, unrecorded = checkpoints.restore_latest(worker.engine, rank=rank)
+        worker.resume(restored)
+        if unrecorded and restored is not None:
+            worker.adopted_step = restored.step
         if rank == 0:
             ray.get(config.tracker.started.remote(worker.state.step))
         return worker
@@ -243,11 +252,15 @@ class Worker:
 
     def save_checkpoint(self, loss: float | None = None) -> None:
         """Collective: every rank saves its shards into this step's checkpoint."""
+        assert self.attempt is not None, "checkpoints are saved inside Ray Train only"
         metrics = {"step": self.state.step} | ({"loss": loss} if loss is not None else {})
-        checkpoints.save_and_report(self.engine, self.state, metrics, rank=self.rank)
-        self.saved_step = self.state.step
+        checkpoints.save_and_report(self.engine, self.state, metrics, attempt=self.attempt)
+        self.saved_step, self.saves = self.state.step, self.saves + 1
         if self.rank == 0:
             self.config.tracker.checkpointed.remote(self.state.step)
+            if self.adopted_step is not None and self.saves >= self.spec.checkpointing.keep:
+                checkpoints.run_storage().remove(self.adopted_step)
+                self.adopted_step = None
 
     def save_final_checkpoint(self) -> None:
         """The last step's checkpoint, unless the cadence already saved it."""

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
 
-from finetune_trainer.checkpoints import checkpoint_dir_name
 from finetune_trainer.layout import WorkerLayout
+from finetune_trainer.resume_point import checkpoint_dir_name
 from finetune_trainer.storage import s3_endpoint
 
 if TYPE_CHECKING:

@@ -37,15 +37,7 @@ class Redactor:
 
     def redact_record(self, record: dict[str, Any], fmt: str) -> tuple[dict[str, Any], Counter[str]]:
         """The record with its personal data replaced, and how many of each kind."""
-        found: dict[str, list[Finding]] = {}
-
-        def find(text: str) -> str:
-            if text not in found:
-                found[text] = self.finder.find(text)
-            return text
-
-        map_texts(record, fmt, find)
-        _add_recurrences(found, self.finder.allowed)
+        found = self.find_in_record(record, fmt)
         surrogates = _Surrogates(numbered=self.settings.mode == "pseudonymize")
         counts: Counter[str] = Counter()
 
@@ -55,6 +47,19 @@ class Redactor:
             return substitute(text, findings, surrogates.label)
 
         return map_texts(record, fmt, replace), counts
+
+    def find_in_record(self, record: dict[str, Any], fmt: str) -> dict[str, list[Finding]]:
+        """The findings in each text of a record, names recurring across turns included."""
+        found: dict[str, list[Finding]] = {}
+
+        def find(text: str) -> str:
+            if text not in found:
+                found[text] = self.finder.find(text)
+            return text
+
+        map_texts(record, fmt, find)
+        _add_recurrences(found, self.finder.allowed)
+        return found
 
     def redact_text(self, text: str) -> tuple[str, list[Finding]]:
         """One text on its own (the audit's view); mask mode's placeholders."""

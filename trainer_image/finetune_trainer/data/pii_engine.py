@@ -89,6 +89,7 @@ def spacy_model_name() -> str:
 def analyzer(model_name: str) -> Any:
     """Presidio's analyzer over the named spaCy pipeline and our recognizers only."""
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
     class LocalSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
@@ -114,7 +115,12 @@ def analyzer(model_name: str) -> Any:
     registry.add_recognizer(ProperNounRecognizer(supported_entities=sorted(set(NER_LABELS.values()))))
     for recognizer in build_recognizers():
         registry.add_recognizer(recognizer)
-    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+    return AnalyzerEngine(
+        registry=registry,
+        nlp_engine=engine,
+        supported_languages=["en"],
+        context_aware_enhancer=LemmaContextAwareEnhancer(context_matching_mode="whole_word"),
+    )
 
 
 class PiiFinder:
@@ -140,10 +146,11 @@ class PiiFinder:
             Finding(r.entity_type, r.start, r.end, r.score)
             for r in results
             if _identifying(r.entity_type, text[r.start : r.end])
+            and not (r.entity_type in RECURRING_NAMES and _defined_term(text, r.start, r.end))
         ]
         if self.allowed is not None:
             allowed = [m.span() for m in self.allowed.finditer(text)]
-            findings = [piece for f in findings for piece in _cut(f, allowed, text)]
+            findings = [piece for f in findings for piece in _allow(f, allowed, text)]
         return resolve_overlaps(findings, text)
 
 
@@ -156,6 +163,20 @@ def _identifying(kind: str, value: str) -> bool:
     if kind == "location":
         return value.casefold().removeprefix("the ") not in wide_areas()
     return True
+
+
+def _allow(finding: Finding, allowed: list[tuple[int, int]], text: str) -> list[Finding]:
+    """finding without the allow-listed terms in it. A name the NER ran into an allowed
+    term ("Started Zoloft") was the term misread, so it goes whole."""
+    overlaps = any(a < finding.end and finding.start < b for a, b in allowed)
+    if overlaps and finding.kind in RECURRING_NAMES:
+        return []
+    return _cut(finding, allowed, text)
+
+
+def _defined_term(text: str, start: int, end: int) -> bool:
+    """A contract's defined term, ("Tenant") or "the Buyer": a role, not a name."""
+    return text[max(0, start - 1) : start] in ('"', "“") and text[end : end + 1] in ('"', "”")
 
 
 def resolve_overlaps(findings: list[Finding], text: str) -> list[Finding]:

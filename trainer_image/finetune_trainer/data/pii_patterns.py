@@ -90,7 +90,8 @@ def _ipv6_plausible(text: str) -> bool:
 
 
 def _phone_ok(match: re.Match[str]) -> bool:
-    return 8 <= len(re.sub(r"\D", "", match.group(0))) <= 15
+    number = re.split(r"x|ext", match.group(0))[0]  # an extension's digits are not counted
+    return 8 <= len(re.sub(r"\D", "", number)) <= 15
 
 
 _SECRET_PATTERNS = {
@@ -171,9 +172,9 @@ DETECTORS = [
             r"(?<![\w+])(?:"
             r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"  # international: +44 20 7946 0958
             r"|\(\d{3}\) ?\d{3}[-. ]\d{4}"  # (555) 123-4567
-            r"|\d{3}-\d{3}-\d{4}|\d{3}\.\d{3}\.\d{4}"  # 555-123-4567, 555.123.4567
+            r"|(?:001[-.])?\d{3}-\d{3}-\d{4}|\d{3}\.\d{3}\.\d{4}"  # 555-123-4567, 555.123.4567
             r"|0\d{2,4}[ /-]\d{6,8}|0\d{2,4}[ -]\d{3,4}[ -]\d{3,4}"  # 030 1234567, 020 7946 0958
-            r")(?![\w])"
+            r")(?:\s?(?:x|ext\.?\s?)\d{1,5})?(?![\w])"  # an extension: x123, ext. 45
         ),
         _phone_ok,
         triggers=DIGITS,

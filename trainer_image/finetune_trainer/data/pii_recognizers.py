@@ -6,9 +6,8 @@ Three families:
 - context-aware patterns for identifiers that look like any other number (medical record,
   passport and licence numbers, dates of birth): they score below the default threshold on
   their own and pass it only with a context word ("MRN", "passport", "born") in the five
-  tokens before them, through Presidio's lemma context enhancer (which matches a context
-  word as a substring of a nearby lemma, so context words are never short: "dl" is in
-  "landline");
+  non-stop-word tokens before them, through Presidio's lemma context enhancer (set to
+  whole-word matching: by default "dl" would match "landline");
 - shapes specific enough to stand alone: calendar dates, street addresses, titled names,
   and phone numbers that python-phonenumbers validates for the regions we list.
 """
@@ -72,15 +71,30 @@ _STREET_SUFFIXES = (
 ).split()
 _SUFFIX = "(?:" + "|".join(sorted(_STREET_SUFFIXES, key=len, reverse=True)) + r")\.?"
 _UNIT = r"(?:,?\s(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.?|#)\s?[A-Z0-9-]{1,6})"
-_NAME_WORD = r"(?:[A-Z][a-z']+|[A-Z]{1,2}|\d{1,3}(?:st|nd|rd|th))"
-# "1234 Elm Street Apt. 5, Springfield, IL 62704": a house number, one to four capitalised
-# words, a street suffix, then optionally a unit, a town, a state or county and a postcode.
+_NAME_WORD = r"(?:[A-Z][a-z]*(?:'[A-Z]?[a-z]+)+|[A-Z][a-z]+|[A-Z]{1,2}|\d{1,3}(?:st|nd|rd|th))"
+_POSTCODE = (
+    r"(?:\d{5}(?:-\d{4})?"  # US ZIP
+    r"|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}"  # UK
+    r"|[A-Z]\d[A-Z]\s?\d[A-Z]\d"  # Canada
+    r"|\d{4,5})"  # most of Europe, Australia
+)
+_HOUSE = (
+    r"(?:(?:Flat|Studio|Apartment|Unit|Suite)\s[\w-]{1,5},?\s(?:\d{1,6}[A-Z]?\s)?"
+    r"|\d{1,6}[A-Z]?\s)"
+)
+# "1234 Elm Street Apt. 5, Springfield, IL 62704" or "Flat 3, Cross Grove, Leeds, W21 6SA":
+# a house number or unit, one to four capitalised words, a street suffix, then optionally a
+# unit, a town, a state or county and a postcode.
 STREET_ADDRESS = (
-    rf"\b\d{{1,6}}[A-Z]?\s(?:[NSEW]\.?\s|North\s|South\s|East\s|West\s)?"
+    rf"\b{_HOUSE}(?:[NSEW]\.?\s|North\s|South\s|East\s|West\s)?"
     rf"(?:{_NAME_WORD}\s){{1,4}}{_SUFFIX}(?![\w])"
     rf"{_UNIT}?"
-    r"(?:,?\s(?:[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2}),?\s(?:[A-Z]{2}\s)?"
-    r"(?:\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}|\d{4,5}))?"
+    rf"(?:,?\s(?:[A-Z][a-z']+(?:\s[A-Z][a-z']+){{0,2}}),?\s(?:[A-Z]{{2,3}}\s)?{_POSTCODE})?"
+)
+# US military mail: "PSC 1878, Box 1177, APO AA 76889", "USNS Brown, FPO AE 09363".
+MILITARY_ADDRESS = (
+    r"\b(?:(?:PSC|Unit|CMR)\s\d{3,5},?\s?Box\s\d{3,5}|(?:USNS|USNV|USS|USCGC)\s[A-Z][a-z]+)"
+    r",\s(?:APO|FPO|DPO)\s(?:AA|AE|AP)\s\d{5}\b"
 )
 PO_BOX = r"\bP\.?\s?O\.?\s?Box\s\d{1,6}\b"
 
@@ -89,14 +103,31 @@ _TITLED_NAME = (
     r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Miss|Sir|Madam)\.?\s((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s?){1,3})"
 )
 _LABELLED_NAME = (
-    r"(?:\b(?:[Pp]atient|[Nn]ame|[Cc]lient|[Tt]enant|[Ll]andlord|[Bb]uyer|[Ss]eller|"
+    r"(?:\b(?:[Pp]atient|[Nn]ame|[Nn]ame is|I am|I'm|[Tt]his is|[Cc]lient|[Tt]enant|[Ll]andlord|[Bb]uyer|[Ss]eller|"
     r"[Ee]mployee|[Ss]igned|[Bb]etween|[Dd]ear|[Bb]y)\b:?,?\s)"
     r"((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s?){2,3})"
+)
+
+# A name followed by the role a contract gives it: Jane Roe ("Tenant").
+_NAME_BEFORE_ROLE = r"((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s){2,3})\(\s?[\"\u201c]"
+# A place announced by what people say about where they live or come from.
+_CUED_PLACE = (
+    r"\b(?:moved (?:here )?(?:from|to)|lives in|living in|based in|born in|grew up in"
+    r"|resident of|relocated (?:from|to)|travell?ed (?:from|to)|hometown(?: is)?|from the town of)"
+    r"\s((?:[A-Z][a-z']+\s?){1,3})"
+)
+
+# A phone number announced by a verb: spaCy counts "call" as a stop word, so Presidio's
+# context enhancer never sees it ("call me at 4323611949").
+_CUED_PHONE = (
+    r"(?i:\b(?:call|text|ring|dial|reach|reached|contact)(?:\s(?:me|us|him|her|them))?"
+    r"(?:\s(?:at|on))?\s)(\+?[\d(][\d()\s.-]{6,18}\d)"
 )
 
 # Regions whose phone formats python-phonenumbers validates in free text.
 # Each region costs a full scan; "+<country>" numbers match whatever the region.
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN", "AU")
+PHONE_CONTEXT = ("phone", "telephone", "tel", "mobile", "cell", "fax", "number", "reach", "contact")
 
 
 class DetectorRecognizer(EntityRecognizer):  # type: ignore[misc]
@@ -224,11 +255,13 @@ def build_recognizers() -> list[EntityRecognizer]:
         for kind, detectors in by_kind.items()
     ]
     recognizers += [
-        ValidatedPhoneRecognizer(supported_regions=PHONE_REGIONS, supported_entity="phone"),
+        ValidatedPhoneRecognizer(
+            supported_regions=PHONE_REGIONS, supported_entity="phone", context=list(PHONE_CONTEXT)
+        ),
         _context_patterns(
             "medical_record_number",
-            [r"\b(?:[A-Z]{1,3}[- ]?)?\d{5,10}\b", r"\b\d{2,4}-\d{2,4}-\d{2,4}\b"],
-            ["mrn", "record", "chart", "medical", "patient", "hospital"],
+            [r"\b(?:[A-Z]{1,3}[- ]?)?\d{5,10}\b", r"\b\d{2,4}-\d{2,4}-\d{1,4}\b"],
+            ["mrn", "mr", "record", "chart", "medical", "patient", "hospital", "mrn#"],
         ),
         _context_patterns(
             "passport",
@@ -243,7 +276,7 @@ def build_recognizers() -> list[EntityRecognizer]:
                 r"\b[A-Z]\d{3}[- ]\d{4}[- ]\d{4}(?:[- ]\d{2,4})?\b",
                 r"\b[A-Z]{5}\d{6}[A-Z0-9]{5}\b",  # UK: MORGA657054SM9IJ
             ],
-            ["license", "licence", "driver", "driving"],
+            ["license", "licence", "driver", "driving", "dl", "dln"],
         ),
         _context_patterns(
             "date_of_birth",
@@ -251,7 +284,11 @@ def build_recognizers() -> list[EntityRecognizer]:
             ["dob", "birth", "born", "d.o.b"],
         ),
         _context_patterns("date", [CALENDAR_DATE], [], score=LIKELY),
-        _context_patterns("street_address", [STREET_ADDRESS, PO_BOX], [], score=STRONG),
-        GroupPatternRecognizer("person", [_TITLED_NAME, _LABELLED_NAME], STRONG),
+        _context_patterns(
+            "street_address", [STREET_ADDRESS, MILITARY_ADDRESS, PO_BOX], [], score=STRONG
+        ),
+        GroupPatternRecognizer("person", [_TITLED_NAME, _LABELLED_NAME, _NAME_BEFORE_ROLE], STRONG),
+        GroupPatternRecognizer("location", [_CUED_PLACE], STRONG),
+        GroupPatternRecognizer("phone", [_CUED_PHONE], STRONG),
     ]
     return recognizers

@@ -47,11 +47,12 @@ PRECEDENCE = (
     "credit_card",
     "ssn",
     "ip_address",
+    # A number written like a phone number is one, even beside "MRN" or "passport".
+    "phone",
     "medical_record_number",
     "passport",
     "drivers_license",
     "date_of_birth",
-    "phone",
     "street_address",
     "date",
     "person",

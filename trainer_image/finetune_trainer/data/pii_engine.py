@@ -20,6 +20,7 @@ from finetune_operator import api
 from finetune_trainer.data.pii_places import wide_areas
 from finetune_trainer.data.pii_recognizers import (
     CALENDAR_DATE_RE,
+    CONTEXT_WORDS,
     ProperNounRecognizer,
     build_recognizers,
 )
@@ -60,6 +61,10 @@ PRECEDENCE = (
     "organization",
 )
 _RANK = {kind: rank for rank, kind in enumerate(PRECEDENCE)}
+# Identifiers told apart only by the word before them: between two of them ("MRN: 4821337,
+# passport number C0300598") the nearer context word decides, so they share a rank.
+for _kind in CONTEXT_WORDS:
+    _RANK[_kind] = _RANK["medical_record_number"]
 RECURRING_NAMES = ("person", "location", "organization")
 _NAME_WORD = re.compile(r"\b[A-Z][A-Za-z'-]*[a-z]")
 
@@ -167,12 +172,26 @@ def _identifying(kind: str, value: str) -> bool:
 
 
 def _allow(finding: Finding, allowed: list[tuple[int, int]], text: str) -> list[Finding]:
-    """finding without the allow-listed terms in it. A name the NER ran into an allowed
-    term ("Started Zoloft") was the term misread, so it goes whole."""
-    overlaps = any(a < finding.end and finding.start < b for a, b in allowed)
-    if overlaps and finding.kind in RECURRING_NAMES:
-        return []
-    return _cut(finding, allowed, text)
+    """finding without the allow-listed terms in it.
+
+    What remains of a name the NER ran into an allowed term is kept (a leak costs more than
+    an extra placeholder), except one capitalised word opening a sentence: "Started" in
+    "Started Zoloft" was the term misread as a name, not a name of its own.
+    """
+    pieces = _cut(finding, allowed, text)
+    if finding.kind not in RECURRING_NAMES or pieces == [finding]:
+        return pieces
+    return [p for p in pieces if not _sentence_opening_word(text, p.start, p.end)]
+
+
+def _sentence_opening_word(text: str, start: int, end: int) -> bool:
+    before = text[:start].rstrip()
+    if " " in text[start:end] or _TITLE_BEFORE.search(before):
+        return False
+    return not before or before[-1] in ".!?:;\n"
+
+
+_TITLE_BEFORE = re.compile(r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|St)\.$")
 
 
 def _defined_term(text: str, start: int, end: int) -> bool:
@@ -184,7 +203,12 @@ def resolve_overlaps(findings: list[Finding], text: str) -> list[Finding]:
     """Each character to at most one finding: by kind precedence, then score, then length."""
     ordered = sorted(
         _merge_same_kind(findings),
-        key=lambda f: (_RANK.get(f.kind, 99), -f.score, f.start - f.end),
+        key=lambda f: (
+            _RANK.get(f.kind, 99),
+            _context_distance(f, text),
+            -f.score,
+            f.start - f.end,
+        ),
     )
     kept: list[Finding] = []
     for finding in ordered:
@@ -195,6 +219,17 @@ def resolve_overlaps(findings: list[Finding], text: str) -> list[Finding]:
             if piece == finding or _identifying(piece.kind, text[piece.start : piece.end])
         ]
     return sorted(kept, key=lambda f: f.start)
+
+
+def _context_distance(finding: Finding, text: str) -> int:
+    """Characters between a context-only finding and the nearest of its context words."""
+    words = CONTEXT_WORDS.get(finding.kind)
+    if not words:
+        return 0
+    before = text[max(0, finding.start - 80) : finding.start].casefold()
+    positions = [before.rfind(word) for word in words]
+    found = [len(before) - p for p in positions if p >= 0]
+    return min(found, default=len(before) + 1)
 
 
 def _merge_same_kind(findings: list[Finding]) -> list[Finding]:

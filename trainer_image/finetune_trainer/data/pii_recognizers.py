@@ -98,6 +98,16 @@ MILITARY_ADDRESS = (
 )
 PO_BOX = r"\bP\.?\s?O\.?\s?Box\s\d{1,6}\b"
 
+# Words that, among the five before it, make an ambiguous number an identifier.
+CONTEXT_WORDS = {
+    "medical_record_number": (
+        "mrn", "mr", "record", "chart", "medical", "patient", "hospital", "mrn#",
+    ),
+    "passport": ("passport", "travel", "document"),
+    "drivers_license": ("license", "licence", "driver", "driving", "dl", "dln"),
+    "date_of_birth": ("dob", "birth", "born", "d.o.b"),
+}  # fmt: skip
+
 # Titles and form labels that announce a person's name.
 _TITLED_NAME = (
     r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Miss|Sir|Madam)\.?\s((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s?){1,3})"
@@ -261,12 +271,12 @@ def build_recognizers() -> list[EntityRecognizer]:
         _context_patterns(
             "medical_record_number",
             [r"\b(?:[A-Z]{1,3}[- ]?)?\d{5,10}\b", r"\b\d{2,4}-\d{2,4}-\d{1,4}\b"],
-            ["mrn", "mr", "record", "chart", "medical", "patient", "hospital", "mrn#"],
+            CONTEXT_WORDS["medical_record_number"],
         ),
         _context_patterns(
             "passport",
             [r"\b[A-Z]{1,2}\d{6,8}\b", r"\b\d{9}\b", r"\b[A-Z0-9]{9}\b"],
-            ["passport", "travel", "document"],
+            CONTEXT_WORDS["passport"],
         ),
         _context_patterns(
             "drivers_license",
@@ -276,12 +286,12 @@ def build_recognizers() -> list[EntityRecognizer]:
                 r"\b[A-Z]\d{3}[- ]\d{4}[- ]\d{4}(?:[- ]\d{2,4})?\b",
                 r"\b[A-Z]{5}\d{6}[A-Z0-9]{5}\b",  # UK: MORGA657054SM9IJ
             ],
-            ["license", "licence", "driver", "driving", "dl", "dln"],
+            CONTEXT_WORDS["drivers_license"],
         ),
         _context_patterns(
             "date_of_birth",
             [CALENDAR_DATE],
-            ["dob", "birth", "born", "d.o.b"],
+            CONTEXT_WORDS["date_of_birth"],
         ),
         _context_patterns("date", [CALENDAR_DATE], [], score=LIKELY),
         _context_patterns(

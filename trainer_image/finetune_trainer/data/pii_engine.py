@@ -181,7 +181,12 @@ def _allow(finding: Finding, allowed: list[tuple[int, int]], text: str) -> list[
     pieces = _cut(finding, allowed, text)
     if finding.kind not in RECURRING_NAMES or pieces == [finding]:
         return pieces
-    return [p for p in pieces if not _sentence_opening_word(text, p.start, p.end)]
+    return [
+        p
+        for p in pieces
+        if _identifying(p.kind, text[p.start : p.end])
+        and not _sentence_opening_word(text, p.start, p.end)
+    ]
 
 
 def _sentence_opening_word(text: str, start: int, end: int) -> bool:

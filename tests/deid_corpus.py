@@ -87,8 +87,12 @@ class Corpus:
 
     def date(self, *, birth: bool = False) -> str:
         fake = self._fake()
-        day = fake.date_of_birth(minimum_age=18, maximum_age=90) if birth else fake.date_this_decade()
-        fmt = self.rng.choice(("%m/%d/%Y", "%d/%m/%Y", "%Y-%m-%d", "%B %d, %Y", "%d %B %Y", "%b %d, %Y", "%d.%m.%Y"))
+        day = (
+            fake.date_of_birth(minimum_age=18, maximum_age=90) if birth else fake.date_this_decade()
+        )
+        fmt = self.rng.choice(
+            ("%m/%d/%Y", "%d/%m/%Y", "%Y-%m-%d", "%B %d, %Y", "%d %B %Y", "%b %d, %Y", "%d.%m.%Y")
+        )
         return day.strftime(fmt)
 
     def phone(self) -> str:

@@ -163,7 +163,7 @@ PiiKind = Literal[
 PII_KINDS: tuple[str, ...] = get_args(PiiKind)
 # Organisations are not personal identifiers under HIPAA Safe Harbor or GDPR, and NER
 # confuses them with product and drug names: acted on only when listed.
-DEFAULT_PII_KINDS = [kind for kind in PII_KINDS if kind != "organization"]
+DEFAULT_PII_KINDS: list[PiiKind] = [kind for kind in get_args(PiiKind) if kind != "organization"]
 
 
 class PiiSpec(ApiModel):

@@ -100,9 +100,7 @@ def test_pseudonyms_are_consistent_across_turns_and_turns_stay_whole():
     redacted, counts = redactor(mode="pseudonymize").redact_record(record, "messages")
     turns = [m["content"] for m in redacted["messages"]]
     assert [m["role"] for m in redacted["messages"]] == ["user", "assistant", "user"]
-    assert turns[0] == (
-        "Hi, I am <PERSON_1>. My sister <PERSON_2> will call you from <PHONE_1>."
-    )
+    assert turns[0] == ("Hi, I am <PERSON_1>. My sister <PERSON_2> will call you from <PHONE_1>.")
     assert turns[1] == "Thanks <PERSON_1>. I will expect <PERSON_2>'s call on <PHONE_1>."
     assert turns[2] == "Mr. <PERSON_1>, your sister <PERSON_2> confirmed."
     assert counts == {"person": 6, "phone": 2}
@@ -220,6 +218,5 @@ def test_pii_settings_pass_validation_and_default_keeps_redact_pii_on(tmp_path):
 
 def test_a_missing_spacy_pipeline_is_a_clear_error_never_a_download(monkeypatch):
     monkeypatch.setenv(MODEL_ENV, "en_core_web_nonexistent")
-    with pytest.raises(DataError, match="redactPII.*en_core_web_nonexistent"):
+    with pytest.raises(DataError, match=r"redactPII.*en_core_web_nonexistent"):
         spacy_model_name()
-

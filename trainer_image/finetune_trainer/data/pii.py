@@ -35,7 +35,9 @@ class Redactor:
         self.settings = settings
         self.finder = PiiFinder(settings)
 
-    def redact_record(self, record: dict[str, Any], fmt: str) -> tuple[dict[str, Any], Counter[str]]:
+    def redact_record(
+        self, record: dict[str, Any], fmt: str
+    ) -> tuple[dict[str, Any], Counter[str]]:
         """The record with its personal data replaced, and how many of each kind."""
         found = self.find_in_record(record, fmt)
         surrogates = _Surrogates(numbered=self.settings.mode == "pseudonymize")
@@ -71,7 +73,8 @@ def substitute(text: str, findings: list[Finding], label: Callable[[str, str], s
     """text with each finding replaced by label(kind, value); findings do not overlap."""
     parts, position = [], 0
     for finding in findings:
-        parts += [text[position : finding.start], label(finding.kind, text[finding.start : finding.end])]
+        value = text[finding.start : finding.end]
+        parts += [text[position : finding.start], label(finding.kind, value)]
         position = finding.end
     parts.append(text[position:])
     return "".join(parts)
@@ -130,4 +133,3 @@ def _add_recurrences(found: dict[str, list[Finding]], allowed: re.Pattern[str] |
         ]
         if extra:
             found[text] = resolve_overlaps(findings + extra, text)
-

@@ -98,14 +98,15 @@ def analyzer(model_name: str) -> Any:
     from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
-    class LocalSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
+    class LocalSpacyEngine(SpacyNlpEngine):
         """Loads an installed pipeline without its parser (Presidio needs lemmas and
         entities, not dependencies), and never downloads one."""
 
         def load(self) -> None:
             import spacy
 
-            self.nlp = {"en": spacy.load(model_name, exclude=["parser", "senter"])}
+            pipeline = spacy.load(model_name, exclude=["parser", "senter"])
+            self.nlp = {"en": pipeline}  # type: ignore[assignment]  # declared None until load
 
     configuration = NerModelConfiguration(
         model_to_presidio_entity_mapping=NER_LABELS,
@@ -118,7 +119,9 @@ def analyzer(model_name: str) -> Any:
     )
     engine.load()
     registry = RecognizerRegistry(supported_languages=["en"])
-    registry.add_recognizer(ProperNounRecognizer(supported_entities=sorted(set(NER_LABELS.values()))))
+    registry.add_recognizer(
+        ProperNounRecognizer(supported_entities=sorted(set(NER_LABELS.values())))
+    )
     for recognizer in build_recognizers():
         registry.add_recognizer(recognizer)
     return AnalyzerEngine(
@@ -152,7 +155,7 @@ class PiiFinder:
             Finding(r.entity_type, r.start, r.end, r.score)
             for r in results
             if _identifying(r.entity_type, text[r.start : r.end])
-            and not (r.entity_type in RECURRING_NAMES and _defined_term(text, r.start, r.end))
+            and not (r.entity_type in RECURRING_NAMES and _without_context(text, r.start, r.end))
         ]
         if self.allowed is not None:
             allowed = [m.span() for m in self.allowed.finditer(text)]
@@ -199,9 +202,17 @@ def _sentence_opening_word(text: str, start: int, end: int) -> bool:
 _TITLE_BEFORE = re.compile(r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|St)\.$")
 
 
-def _defined_term(text: str, start: int, end: int) -> bool:
-    """A contract's defined term, ("Tenant") or "the Buyer": a role, not a name."""
-    return text[max(0, start - 1) : start] in ('"', "“") and text[end : end + 1] in ('"', "”")
+def _without_context(text: str, start: int, end: int) -> bool:
+    """A name-like word NER cannot judge: a contract's defined term ("Tenant"), or a text
+    that is nothing but one word ("Café?"): with no sentence around it, NER guesses."""
+    quoted = text[max(0, start - 1) : start] in ('"', "\u201c") and text[end : end + 1] in (
+        '"',
+        "\u201d",
+    )
+    alone = " " not in text[start:end] and not any(
+        char.isalnum() for char in text[:start] + text[end:]
+    )
+    return quoted or alone
 
 
 def resolve_overlaps(findings: list[Finding], text: str) -> list[Finding]:

@@ -42,7 +42,7 @@ class Corpus:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.fakers = {locale: Faker(locale) for locale in {*LOCALES, *PHONE_LOCALES}}
+        self.fakers = {locale: Faker(locale) for locale in sorted({*LOCALES, *PHONE_LOCALES})}
         for index, fake in enumerate(self.fakers.values()):
             fake.seed_instance(seed * 100 + index)
 

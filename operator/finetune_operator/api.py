@@ -218,7 +218,9 @@ class CleaningSpec(ApiModel):
         description="What redactPII detects and how it replaces it.",
     )
     remove_leakage: bool = Field(
-        True, description="Drop validation/test records whose content or prompt is in train."
+        True,
+        description="Drop validation/test records whose content or prompt is in train, and "
+        "test records also in validation.",
     )
     overlength: Literal["truncate", "drop", "chunk"] = Field(
         "truncate",

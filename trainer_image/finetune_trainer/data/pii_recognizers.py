@@ -109,18 +109,18 @@ CONTEXT_WORDS = {
     "date_of_birth": ("dob", "birth", "born", "d.o.b"),
 }  # fmt: skip
 
+# One word of a name: Anna, Garcia-Lopez, O'Malley, D'Souza.
+_NAME = r"(?:[A-Z]'[A-Z][a-z]+|[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?)"
 # Titles and form labels that announce a person's name.
-_TITLED_NAME = (
-    r"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Miss|Sir|Madam)\.?\s((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s?){1,3})"
-)
+_TITLED_NAME = rf"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|Miss|Sir|Madam)\.?\s((?:{_NAME}\s?){{1,3}})"
 _LABELLED_NAME = (
     r"(?:\b(?:[Pp]atient|[Nn]ame|[Nn]ame is|I am|I'm|[Tt]his is|[Cc]lient|[Tt]enant"
     r"|[Ll]andlord|[Bb]uyer|[Ss]eller|[Ee]mployee|[Ss]igned|[Bb]etween|[Dd]ear|[Bb]y)\b:?,?\s)"
-    r"((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s?){2,3})"
+    rf"((?:{_NAME}\s?){{2,3}})"
 )
 
 # A name followed by the role a contract gives it: Jane Roe ("Tenant").
-_NAME_BEFORE_ROLE = r"((?:[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?\s){2,3})\(\s?[\"\u201c]"
+_NAME_BEFORE_ROLE = rf"((?:{_NAME}\s){{2,3}})\(\s?[\"\u201c]"
 # A place announced by what people say about where they live or come from.
 _CUED_PLACE = (
     r"\b(?:moved (?:here )?(?:from|to)|lives in|living in|based in|born in|grew up in"

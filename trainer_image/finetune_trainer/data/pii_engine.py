@@ -184,21 +184,25 @@ def _identifying(kind: str, value: str) -> bool:
 
 
 def _allow(finding: Finding, allowed: list[tuple[int, int]], text: str) -> list[Finding]:
-    """finding without the allow-listed terms in it.
-
-    What remains of a name the NER ran into an allowed term is kept (a leak costs more than
-    an extra placeholder), except one capitalised word opening a sentence: "Started" in
-    "Started Zoloft" was the term misread as a name, not a name of its own.
-    """
+    """finding without the allow-listed terms in it."""
     pieces = _cut(finding, allowed, text)
-    if finding.kind not in RECURRING_NAMES or pieces == [finding]:
+    if pieces == [finding]:
         return pieces
-    return [
-        p
-        for p in pieces
-        if _identifying(p.kind, text[p.start : p.end])
-        and not _sentence_opening_word(text, p.start, p.end)
-    ]
+    return [p for p in pieces if _plausible_remainder(p, text)]
+
+
+def _plausible_remainder(piece: Finding, text: str) -> bool:
+    """What is left of a finding after a stronger one or an allowed term took part of it.
+
+    A name's remainder is kept (a leak costs more than an extra placeholder), except one
+    capitalised word opening a sentence: "Email" in "Email bob@example.com" or "Started"
+    in "Started Zoloft" was NER running a common word into the real item.
+    """
+    if not _identifying(piece.kind, text[piece.start : piece.end]):
+        return False
+    return piece.kind not in RECURRING_NAMES or not _sentence_opening_word(
+        text, piece.start, piece.end
+    )
 
 
 def _sentence_opening_word(text: str, start: int, end: int) -> bool:
@@ -241,7 +245,7 @@ def resolve_overlaps(findings: list[Finding], text: str) -> list[Finding]:
         kept += [
             piece
             for piece in _cut(finding, taken, text)
-            if piece == finding or _identifying(piece.kind, text[piece.start : piece.end])
+            if piece == finding or _plausible_remainder(piece, text)
         ]
     return sorted(kept, key=lambda f: f.start)
 

@@ -41,6 +41,11 @@ NER_LABELS = {
     "ORG": "organization",
     "DATE": "date",
 }
+# en_core_web_sm's OntoNotes labels; those not above identify no one (quantities, laws).
+SPACY_LABELS = (
+    "CARDINAL", "DATE", "EVENT", "FAC", "GPE", "LANGUAGE", "LAW", "LOC", "MONEY", "NORP",
+    "ORDINAL", "ORG", "PERCENT", "PERSON", "PRODUCT", "QUANTITY", "TIME", "WORK_OF_ART",
+)  # fmt: skip
 # Where two detections overlap, the earlier kind wins and the later one keeps only what lies
 # outside it: specific, validated identifiers before the NER's broader guesses.
 PRECEDENCE = (
@@ -113,7 +118,7 @@ def analyzer(model_name: str) -> Any:
     configuration = NerModelConfiguration(
         model_to_presidio_entity_mapping=NER_LABELS,
         low_score_entity_names=[],  # whether organisations count is the spec's choice
-        labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "TIME"],
+        labels_to_ignore=[label for label in SPACY_LABELS if label not in NER_LABELS],
     )
     engine = LocalSpacyEngine(
         models=[{"lang_code": "en", "model_name": model_name}],

@@ -238,3 +238,18 @@ def test_loading_and_redacting_open_no_network_connection(monkeypatch):
         "Mail bob@example.co.uk or see https://intranet.example.org/ward/7, Anna Berg."
     )
     assert redacted == "Mail <EMAIL> or see https://intranet.example.org/ward/7, <PERSON>."
+
+
+def test_long_documents_are_read_in_pieces_with_every_offset_right(monkeypatch):
+    from finetune_trainer.data import pii_engine
+
+    monkeypatch.setattr(pii_engine, "CHUNK_CHARS", 120)
+    line = "Seen by Dr. Anna Berg on 03/14/2024, MRN: 48213377. Stable, Lipitor 20 mg.\n"
+    document = line * 6  # 460 characters: four or more pieces
+    redacted, findings = Redactor(api.PiiSpec()).redact_text(document)
+    assert (
+        redacted
+        == "Seen by Dr. <PERSON> on <DATE>, MRN: <MEDICAL_RECORD_NUMBER>. Stable, Lipitor 20 mg.\n"
+        * 6
+    )
+    assert len(findings) == 18

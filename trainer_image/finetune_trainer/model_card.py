@@ -48,7 +48,24 @@ def _data(dataset: api.DatasetSpec, report: dict[str, Any]) -> list[str]:
         lines.append(f"- {name}: " + (f"`{source.source}`" if source else "held out from train"))
     lines += [f"- mix: `{m.source}` (weight {m.weight})" for m in dataset.mix]
     lines += ["", "| records | count |", "|---|---|"]
-    return lines + [f"| {key} | {_plain(report[key])} |" for key in DATA_COUNTS if key in report]
+    lines += [f"| {key} | {_plain(report[key])} |" for key in DATA_COUNTS if key in report]
+    return lines + _redactions(dataset, report)
+
+
+def _redactions(dataset: api.DatasetSpec, report: dict[str, Any]) -> list[str]:
+    """How much personal data was removed, by kind and split: counts only, never values."""
+    if not dataset.cleaning.redact_pii:
+        return ["", "Personal data was not redacted (`cleaning.redactPII: false`)."]
+    by_split = report.get("pii_redactions_by_split") or {}
+    kinds = sorted({kind for counts in by_split.values() for kind in counts})
+    lines = ["", f"Personal data redacted ({dataset.cleaning.pii.mode} mode):"]
+    if not kinds:
+        return [*lines, "none found."]
+    splits = list(by_split)
+    lines += ["", f"| kind | {' | '.join(splits)} |", "|---" * (len(splits) + 1) + "|"]
+    for kind in kinds:
+        lines.append(f"| {kind} | {' | '.join(str(by_split[s].get(kind, 0)) for s in splits)} |")
+    return lines
 
 
 def _training(spec: api.FineTuneJobSpec) -> list[str]:

@@ -88,6 +88,23 @@ def test_leakage_by_content_and_by_prompt_is_removed(tmp_path):
     assert len(kept.validation) == 3 and kept.report["leakage_removed"] == 0
 
 
+def test_test_records_also_in_validation_are_removed(tmp_path):
+    train = arithmetic_records(40)
+    shared = chat("A question asked in both evaluation sets?", "Yes.")
+    shared_prompt = chat("Another shared question?", "Worded one way.")
+    write_jsonl(tmp_path / "val.jsonl", [shared, shared_prompt, chat("Only in validation?", "Ok.")])
+    test = [shared, chat("Another shared question?", "Worded another way."), chat("New?", "Yes.")]
+    write_jsonl(tmp_path / "test.jsonl", test)
+    dataset = {"validation": {"source": "val.jsonl"}, "test": {"source": "test.jsonl"}}
+    prepared = prepare_in(tmp_path, train, dataset=dataset)
+    assert len(prepared.validation) == 3  # validation keeps what train does not hold
+    assert prepared.test == [test[2]]
+    assert prepared.report["leakage_removed_by_split"] == {"validation": 0, "test": 2}
+    assert prepared.report["leakage_test_in_validation"] == 2
+    dataset["cleaning"] = {"removeLeakage": False}
+    assert len(prepare_in(tmp_path, train, dataset=dataset).test) == 3
+
+
 def test_alpaca_leakage_uses_the_instruction(tmp_path):
     train = [{"instruction": f"Spell {w}.", "input": "", "output": w} for w in ("cat", "dog")]
     write_jsonl(tmp_path / "test.jsonl", [{"instruction": "Spell cat.", "output": "c-a-t"}])

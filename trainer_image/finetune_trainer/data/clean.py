@@ -6,14 +6,15 @@ short, or passed on. Deduplication and splitting happen after this, in the pipel
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from finetune_operator import api
 
-from finetune_trainer.data import pii
 from finetune_trainer.data.formats import MalformedRecord, check_record, map_texts, visible_length
 from finetune_trainer.data.normalize import normalize_text
+from finetune_trainer.data.pii import Redactor
 from finetune_trainer.data.readers import RawRecord
 from finetune_trainer.data.report import DataReport
 from finetune_trainer.errors import DataError
@@ -26,8 +27,10 @@ def clean_records(
     report: DataReport,
     *,
     source: str,
-) -> Iterator[dict[str, Any]]:
-    """Checked and cleaned records of one source; fails when too many of its items are bad."""
+) -> Iterator[tuple[dict[str, Any], Counter[str]]]:
+    """Checked and cleaned records of one source, each with its PII redactions by kind;
+    fails when too many of its items are bad."""
+    redactor = Redactor(cleaning.pii) if cleaning.redact_pii else None
     read = malformed = 0
     first_bad: list[str] = []
     for item in items:
@@ -44,12 +47,13 @@ def clean_records(
                 first_bad.append(f"{item.origin}:{item.line} ({error})")
             continue
         record = map_texts(record, fmt, normalize_text)
-        if cleaning.redact_pii:
-            record = map_texts(record, fmt, lambda text: pii.redact(text, report.pii_redactions))
+        redactions: Counter[str] = Counter()
+        if redactor is not None:
+            record, redactions = redactor.redact_record(record, fmt)
         if visible_length(record, fmt) < max(cleaning.min_chars, 1):
             report.too_short_removed += 1
             continue
-        yield record
+        yield record, redactions
     if read == 0:
         raise DataError(f"{source}: no records")
     if malformed / read > cleaning.max_malformed_fraction:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from finetune_trainer.data import pii
+from finetune_trainer.data import pii_patterns
 
 FORMATS = ("messages", "alpaca", "text", "preference")
 ROLES = ("system", "user", "assistant", "tool")
@@ -52,7 +52,7 @@ def describe(value: Any, *, quote: bool = True) -> str:
         return type(value).__name__
     # Redact a window wider than the excerpt, so that no email or key is cut in two first.
     # repr escapes what cannot be printed (control characters, lone surrogates).
-    excerpt = repr(pii.redact(value[: EXCERPT_CHARS * 5])[:EXCERPT_CHARS])[1:-1]
+    excerpt = repr(pii_patterns.redact(value[: EXCERPT_CHARS * 5])[:EXCERPT_CHARS])[1:-1]
     more = f"... ({len(value)} characters)" if len(value) > EXCERPT_CHARS else ""
     return f"'{excerpt}'{more}" if quote else f"{excerpt}{more}"
 

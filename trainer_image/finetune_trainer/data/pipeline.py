@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -83,36 +84,69 @@ def run_data_stage(
 
     validation_fraction = 0.0 if dataset.validation else dataset.validation_split
     test_fraction = 0.0 if dataset.test else dataset.test_split
-    for record in stage.records(dataset.train, TRAIN):
+    for record, redactions in stage.records(dataset.train, TRAIN):
         split = split_of(content_text(record, fmt), seed, validation_fraction, test_fraction)
         sink.add(split, record)
+        report.add_redactions(split, redactions)
         if leakage is not None and split == TRAIN:
             leakage.add_train(record, fmt)
     for name, source in ((VALIDATION, dataset.validation), (TEST, dataset.test)):
         if source is not None:
-            for record in stage.records(source, name):
+            for record, redactions in stage.records(source, name):
                 sink.add(name, record)
+                report.add_redactions(name, redactions)
 
     train_size = sink.count(TRAIN)
     for index, source in enumerate(dataset.mix):
-        drawn = _draw_mix(stage, index, source, train_size, seed)
-        if leakage is not None:
-            for record in drawn:
+        drawn_with_redactions = _draw_mix(stage, index, source, train_size, seed)
+        drawn = [record for record, _ in drawn_with_redactions]
+        for record, redactions in drawn_with_redactions:
+            report.add_redactions(TRAIN, redactions)
+            if leakage is not None:
                 leakage.add_train(record, fmt)
         if drawn:
             total = sink.count(TRAIN)
             sink.rewrite(TRAIN, partial(_interleave, train_size=total, extra=drawn))
 
     if leakage is not None:
-        for name in (VALIDATION, TEST):
-            before = sink.count(name)
-            sink.rewrite(name, lambda records: (r for r in records if not leakage.leaks(r, fmt)))
-            report.leakage_removed[name] = before - sink.count(name)
+        _remove_leakage(sink, leakage, report, fmt)
 
     if sink.count(TRAIN) == 0:
         raise DataError(f"{dataset.train.source}: no training records left after cleaning")
     report.counts = {name: sink.count(name) for name in SPLITS}
     return report.as_dict()
+
+
+def _remove_leakage(
+    sink: ListSink | JsonlSink, train: LeakageIndex, report: DataReport, fmt: str
+) -> None:
+    """Drop validation records seen in train, and test records seen in train or validation
+    (a test record also used for early stopping or model selection is no longer held out)."""
+    validation = LeakageIndex()
+
+    def kept_validation(records: Iterator[Record]) -> Iterator[Record]:
+        for record in records:
+            if not train.leaks(record, fmt):
+                validation.add_train(record, fmt)
+                yield record
+
+    in_validation = 0
+
+    def kept_test(records: Iterator[Record]) -> Iterator[Record]:
+        nonlocal in_validation
+        for record in records:
+            if train.leaks(record, fmt):
+                continue
+            if validation.leaks(record, fmt):
+                in_validation += 1
+                continue
+            yield record
+
+    for name, transform in ((VALIDATION, kept_validation), (TEST, kept_test)):
+        before = sink.count(name)
+        sink.rewrite(name, transform)
+        report.leakage_removed[name] = before - sink.count(name)
+    report.test_in_validation_removed = in_validation
 
 
 class _Stage:
@@ -123,7 +157,7 @@ class _Stage:
     ) -> None:
         self.cleaning, self.report, self.fmt, self.base_dir = cleaning, report, fmt, base_dir
 
-    def records(self, source: api.DataSource, role: str) -> Iterator[Record]:
+    def records(self, source: api.DataSource, role: str) -> Iterator[tuple[Record, Counter[str]]]:
         lineage = SourceLineage(role=role, source=source.source, format=source.format)
         self.report.sources.append(lineage)
         items = read_source(source.source, lineage, split=source.split, base_dir=self.base_dir)
@@ -131,11 +165,11 @@ class _Stage:
         cleaned = clean_records(
             items, source.format, self.cleaning, self.report, source=source.source
         )
-        for record in cleaned:
+        for record, redactions in cleaned:
             if dedup.is_duplicate(content_text(record, source.format)):
                 self.report.duplicates_removed += 1
                 continue
-            yield convert(record, source.format, self.fmt)
+            yield convert(record, source.format, self.fmt), redactions
 
 
 def _check_formats(dataset: api.DatasetSpec) -> None:
@@ -152,7 +186,7 @@ def _check_formats(dataset: api.DatasetSpec) -> None:
 
 def _draw_mix(
     stage: _Stage, index: int, source: api.MixSource, train_size: int, seed: int
-) -> list[Record]:
+) -> list[tuple[Record, Counter[str]]]:
     """About weight x train_size records from a replay source, deterministic with the seed.
 
     Reservoir sampling keeps at most the wanted number of records in memory; a source
@@ -160,7 +194,7 @@ def _draw_mix(
     """
     wanted = round(source.weight * train_size)
     rng = random.Random(f"{seed}:mix:{index}:{source.source}")
-    reservoir: list[Record] = []
+    reservoir: list[tuple[Record, Counter[str]]] = []
     available = 0
     for record in stage.records(source, f"mix[{index}]"):
         available += 1

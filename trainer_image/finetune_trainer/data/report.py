@@ -30,7 +30,11 @@ class DataReport:
     too_short_removed: int = 0
     duplicates_removed: int = 0
     pii_redactions: Counter[str] = field(default_factory=Counter)
+    pii_redactions_by_split: dict[str, Counter[str]] = field(
+        default_factory=lambda: {"train": Counter(), "validation": Counter(), "test": Counter()}
+    )
     leakage_removed: dict[str, int] = field(default_factory=lambda: {"validation": 0, "test": 0})
+    test_in_validation_removed: int = 0  # of leakage_removed["test"]
     mix: list[dict[str, Any]] = field(default_factory=list)
     sources: list[SourceLineage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"train": 0, "validation": 0, "test": 0})
@@ -41,6 +45,11 @@ class DataReport:
         self.malformed_count += 1
         if len(self.malformed) < MALFORMED_EXAMPLES:
             self.malformed.append(MalformedEntry(file, line, reason))
+
+    def add_redactions(self, split: str, redactions: Counter[str]) -> None:
+        """Redactions (counts by kind, never values) in a record that went to split."""
+        self.pii_redactions.update(redactions)
+        self.pii_redactions_by_split[split].update(redactions)
 
     def as_dict(self) -> dict[str, Any]:
         tokens = self.tokens or {}
@@ -55,8 +64,13 @@ class DataReport:
             "too_short_removed": self.too_short_removed,
             "duplicates_removed": self.duplicates_removed,
             "pii_redactions": dict(sorted(self.pii_redactions.items())),
+            "pii_redactions_by_split": {
+                split: dict(sorted(counts.items()))
+                for split, counts in self.pii_redactions_by_split.items()
+            },
             "leakage_removed": sum(self.leakage_removed.values()),
             "leakage_removed_by_split": dict(self.leakage_removed),
+            "leakage_test_in_validation": self.test_in_validation_removed,
             "overlength": tokens.get("overlength", {"truncated": 0, "dropped": 0, "chunked": 0}),
             **self.counts,
             "mix": self.mix,

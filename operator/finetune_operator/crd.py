@@ -18,6 +18,7 @@ from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import to_jsonable_python
 
 from finetune_operator import api
+from finetune_operator.generated import write_or_check
 
 CRD_PATH = Path("crds") / f"{api.GROUP}_{api.PLURAL}.yaml"
 # Helm installs what is in a chart's crds/ before its templates; the chart ships the same file.
@@ -205,16 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    if "--check" in args:
-        stale = [p for p in OUTPUT_PATHS if not p.exists() or p.read_text() != text]
-        for path in stale:
-            print(f"{path} is stale: run `make generate` and commit it", file=sys.stderr)
-        return 1 if stale else 0
-    for path in OUTPUT_PATHS:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    return 0
+    return write_or_check(text, OUTPUT_PATHS, check="--check" in args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
+from finetune_operator.generated import write_or_check
+
 OUTPUT_PATH = Path("charts/finetune-operator/dashboards/finetune-operator.json")
 UID = "finetune-operator"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -291,15 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m finetune_operator.dashboard [--check]`: write the dashboard, or check it."""
     args = list(sys.argv[1:] if argv is None else argv)
     text = render()
-    if "--check" in args:
-        if not OUTPUT_PATH.exists() or OUTPUT_PATH.read_text() != text:
-            print(f"{OUTPUT_PATH} is stale: run `make generate` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT_PATH.write_text(text)
-    print(f"wrote {OUTPUT_PATH}")
-    return 0
+    return write_or_check(text, [OUTPUT_PATH], check="--check" in args)
 
 
 if __name__ == "__main__":

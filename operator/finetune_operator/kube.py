@@ -60,11 +60,18 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     return info.as_ssl_context() if info.server.startswith("https") else False
 
 
+# Named in the API server's audit log (and told apart from other clients by the RBAC check).
+USER_AGENT = f"finetune-operator/{__version__}"
+
+
 class KubeClient:
     """get / create / merge-patch / delete of JSON objects; one aiohttp session."""
 
-    def __init__(self, login: Login, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, login: Login, *, timeout: float = 30.0, user_agent: str = USER_AGENT
+    ) -> None:
         self._login = login
+        self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -81,7 +88,7 @@ class KubeClient:
                 # Named in the API server's audit log, as kopf names its own requests.
                 headers={
                     "Accept": "application/json",
-                    "User-Agent": f"finetune-operator/{__version__}",
+                    "User-Agent": self._user_agent,
                     **info.as_http_headers(),
                 },
                 connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=50),

@@ -198,7 +198,9 @@ async def serve(kubeconfig: Path, workdir: Path, *, interval: float, teardown: f
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    client = KubeClient(lambda: login_from(kubeconfig), timeout=10)
+    # KubeRay's own identity: its requests are not the operator's (the RBAC check counts
+    # only those).
+    client = KubeClient(lambda: login_from(kubeconfig), timeout=10, user_agent="kuberay-standin")
     standin = StandIn(client, workdir, teardown_seconds=teardown)
     logger.info("watching RayJobs; work directory %s", workdir)
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.operator.operator_cluster import free_port
+from tests.integration.operator.operator_cluster import free_port, stop_process
 
 SCRAPE_SECONDS = 1
 
@@ -129,10 +129,5 @@ class PrometheusServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None

@@ -98,6 +98,8 @@ def test_lora_on_a_claim_serves_the_base_with_the_adapter_as_a_lora_module():
     assert (
         args[args.index("--lora-modules") + 1] == "support-bot=/mnt/pvc/outputs/support-bot/adapter"
     )
+    # Chat requests are templated as in training: the adapter folder holds that tokenizer.
+    assert args[args.index("--tokenizer") + 1] == "/mnt/pvc/outputs/support-bot/adapter"
     pod = by_kind(documents, "Deployment")["spec"]["template"]["spec"]
     claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
               for v in pod["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
@@ -170,6 +172,7 @@ def test_kserve_lora_mounts_base_and_adapter_under_mnt_models():
     ]
     args = predictor["model"]["args"]
     assert "--model_dir=/mnt/models/base" in args and "--backend=vllm" in args
+    assert "--tokenizer=/mnt/models/adapter" in args
     assert args[args.index("--lora-modules") + 1] == "support-bot=/mnt/models/adapter"
     assert "storageUri" not in predictor["model"]  # KServe refuses both at once
 

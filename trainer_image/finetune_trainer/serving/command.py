@@ -42,7 +42,7 @@ def serve_manifest_command(
     namespace: str | None = None,
     only: str | None = None,
     options: ServingOptions | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Print the manifests; 0 when printed, 2 with one line naming the problem otherwise."""
     try:
@@ -63,7 +63,7 @@ def serve_manifest_command(
             raise NotServable(problem)
         files = manifests(served, options)
         chosen = {"vllm": [VLLM_FILE], "kserve": [KSERVE_FILE]}.get(only or "", list(files))
-        out.write("---\n".join(files[file] for file in chosen))
+        (out or sys.stdout).write("---\n".join(files[file] for file in chosen))
     except UserError as error:
         print(f"finetune serve-manifest: {target}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -80,7 +80,7 @@ def _lora(
     if served.base_model.startswith("hf://"):
         model["storageUri"] = served.weights_uri
         args += [f"--model_id={served.base_model.removeprefix('hf://')}",
-                 f"--model_revision={served.base_revision}",
+                 f"--model_revision={served.base_revision}", f"--tokenizer={MOUNT_ROOT}",
                  "--lora-modules", f"{served.name}={MOUNT_ROOT}"]  # fmt: skip
         if served.secret_name:
             model["env"] = [_hf_token(served.secret_name)]
@@ -90,7 +90,9 @@ def _lora(
         {"uri": served.base_model, "mountPath": base_path},
         {"uri": served.weights_uri, "mountPath": adapter_path},
     ]
-    args += [f"--model_dir={base_path}", "--lora-modules", f"{served.name}={adapter_path}"]
+    # The adapter folder holds the tokenizer training used, chat template included.
+    args += [f"--model_dir={base_path}", f"--tokenizer={adapter_path}",
+             "--lora-modules", f"{served.name}={adapter_path}"]  # fmt: skip
     return args, [served.base_model, served.weights_uri]
 
 

@@ -93,8 +93,9 @@ def build_vllm(served: ServedModel, options: ServingOptions | None = None) -> li
     weights = placement.place(served.weights_uri)
     if served.kind == "lora":
         base = placement.place(served.base_model)
-        args = [base, "--served-model-name", f"{served.name}-base", "--enable-lora",
-                "--max-lora-rank", str(lora_rank_limit(served.lora_rank)),
+        # The adapter folder holds the tokenizer training used, chat template included.
+        args = [base, "--tokenizer", weights, "--served-model-name", f"{served.name}-base",
+                "--enable-lora", "--max-lora-rank", str(lora_rank_limit(served.lora_rank)),
                 "--lora-modules", f"{served.name}={weights}"]  # fmt: skip
         if served.base_model.startswith("hf://"):
             args += ["--revision", served.base_revision]

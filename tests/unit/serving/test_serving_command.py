@@ -80,7 +80,7 @@ def test_a_local_output_needs_to_say_where_the_cluster_finds_it(capsys, tmp_path
     assert not (output / "serving" / "vllm.yaml").exists()  # nothing a cluster could use
     code, _, err = serve_manifest(capsys, output)
     assert code == 2
-    assert "is a local path" in err and "--output-uri" in err
+    assert "no serving pod can reach it" in err and "--output-uri" in err
     code, documents, _ = serve_manifest(
         capsys, output, "--output-uri", "s3://models/support-bot/", "--only", "vllm"
     )
@@ -149,4 +149,21 @@ def test_a_moved_output_is_served_from_where_it_is_now(capsys, pvc_root):
     assert (
         documents[0]["spec"]["predictor"]["storageUris"][1]["uri"]
         == "pvc://archive/support-bot/adapter"
+    )
+
+
+def test_a_lora_on_a_local_base_model_needs_to_say_where_the_cluster_finds_the_base(
+    capsys, pvc_root
+):
+    output = pvc_root / "outputs" / "support-bot"
+    write_output(output, adapter=True)
+    job = MakeJob("support-bot").model("./model").output("pvc://outputs/support-bot").typed()
+    assert write_serving(output, job, "pvc://outputs/support-bot").manifests_uri is None
+    code, _, err = serve_manifest(capsys, output)
+    assert code == 2 and "the base model ./model is not on a claim" in err and "--base-model" in err
+    code, documents, _ = serve_manifest(capsys, output, "--base-model", "pvc://models/base")
+    assert code == 0
+    assert (
+        documents[0]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        == "/mnt/pvc/models/base"
     )

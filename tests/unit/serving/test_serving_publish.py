@@ -47,7 +47,9 @@ def test_a_claim_output_gets_the_record_and_both_manifests(tmp_path):
 
 def test_a_local_output_gets_the_record_only_and_says_why(tmp_path):
     serving = write_serving(tmp_path, job("/data/out"), str(tmp_path))
-    assert serving.manifests_uri is None and "local path" in (serving.problem or "")
+    assert serving.manifests_uri is None and "no serving pod can reach it" in (
+        serving.problem or ""
+    )
     assert [p.name for p in (tmp_path / "serving").iterdir()] == ["served_model.json"]
 
 
@@ -75,7 +77,7 @@ def test_the_model_card_of_a_local_output_says_what_to_do_first(tmp_path):
     )
     section = card.split("## How to serve", 1)[1]
     assert (
-        "local path" in section
+        "no serving pod can reach it" in section
         and f"finetune serve-manifest {tmp_path} --output-uri URI" in section
     )
 

@@ -70,14 +70,15 @@ class ServedModel:
         """Why a pod in a cluster could not load this model's files, or None when it can."""
         if not self.output_uri.startswith(CLUSTER_SCHEMES):
             return (
-                f"the output {self.output_uri} is a local path, which no serving pod can mount: "
-                "copy it to a PVC or a bucket and name that with --output-uri pvc://CLAIM/PATH "
-                "or s3://BUCKET/PREFIX"
+                f"the output {self.output_uri} is not on a claim or in a bucket, so no serving "
+                "pod can reach it: copy it to a PVC or a bucket and name that with "
+                "--output-uri pvc://CLAIM/PATH or s3://BUCKET/PREFIX"
             )
         if self.kind == "lora" and not self.base_model.startswith((*CLUSTER_SCHEMES, "hf://")):
             return (
-                f"the base model {self.base_model} is a local path, which no serving pod can "
-                "mount: name where the cluster finds it with --base-model pvc://, s3:// or hf://"
+                f"the base model {self.base_model} is not on a claim, in a bucket or on the "
+                "Hub, so no serving pod can reach it: name where the cluster finds it with "
+                "--base-model pvc://, s3:// or hf://"
             )
         return None
 

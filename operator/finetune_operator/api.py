@@ -688,6 +688,11 @@ class Result(ApiModel):
     metrics: dict[str, float] = Field(
         default_factory=dict, description="Final metrics (train_loss, eval_loss, test_*)."
     )
+    serving_uri: str | None = Field(
+        None,
+        description="Where the serving manifests are (vllm.yaml, kserve.yaml): the output's "
+        "serving/ folder. Unset when the output is a local path no cluster can mount.",
+    )
 
 
 class FineTuneJobStatus(ApiModel):

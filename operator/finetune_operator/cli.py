@@ -1,4 +1,4 @@
-"""`finetune`: validate, render, prepare and run FineTuneJobs from the command line.
+"""`finetune`: validate, render, prepare and run FineTuneJobs, and serve their outputs.
 
 validate and render need only the operator's light dependencies; prepare and run
 import the trainer (torch, transformers, ray) when they are called, not before, and
@@ -8,6 +8,7 @@ say which extra to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ TRAINER_MODULES = frozenset(
         "transformers",
     }
 )
-TRAINER_COMMANDS = ("prepare", "run", "pii-report")
+TRAINER_COMMANDS = ("prepare", "run", "pii-report", "serve-manifest")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -94,6 +95,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.progress_port is not None:
         os.environ["FINETUNE_PROGRESS_PORT"] = str(args.progress_port)  # read by the driver
     return int(run_command(Path(args.file), output=output, workers=args.workers, fresh=args.fresh))
+
+
+def cmd_serve_manifest(args: argparse.Namespace) -> int:
+    from finetune_trainer.serving.command import serve_manifest_command
+    from finetune_trainer.serving.vllm import ServingOptions
+
+    options = ServingOptions(gpus=args.gpus, trainer_image=args.trainer_image)
+    if args.vllm_image:
+        options = dataclasses.replace(options, vllm_image=args.vllm_image)
+    return serve_manifest_command(
+        args.output_dir,
+        output_uri=args.output_uri,
+        base_model=args.base_model,
+        name=args.name,
+        namespace=args.namespace,
+        only=args.only,
+        options=options,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(same as FINETUNE_PROGRESS_PORT)",
     )
     run.set_defaults(handler=cmd_run)
+
+    serve = sub.add_parser(
+        "serve-manifest", help="print vLLM and KServe manifests that serve a finished output"
+    )
+    serve.add_argument("output_dir", metavar="OUTPUT_DIR", help="a path, pvc:// or s3:// folder")
+    serve.add_argument("--only", choices=("vllm", "kserve"), help="print one of the two")
+    serve.add_argument(
+        "--output-uri", metavar="URI", help="where the cluster finds the output (pvc:// or s3://)"
+    )
+    serve.add_argument(
+        "--base-model", metavar="URI", help="where the cluster finds a LoRA's base model"
+    )
+    serve.add_argument("--name", help="the served model's name (default: the job's)")
+    serve.add_argument("--namespace", help="namespace of the manifests (default: the job's)")
+    serve.add_argument("--gpus", type=int, default=1, help="GPUs of the server (default 1)")
+    serve.add_argument("--vllm-image", metavar="IMAGE", help="the vLLM image")
+    serve.add_argument(
+        "--trainer-image", metavar="IMAGE", help="image of the init container fetching s3://"
+    )
+    serve.set_defaults(handler=cmd_serve_manifest)
     return parser
 
 

@@ -95,6 +95,10 @@ async def test_applied_job_trains_an_adapter_that_loads(happy_run: Run) -> None:
     assert all(p["totalSteps"] == 12 for p in happy_run.progress if "totalSteps" in p)
     assert status["result"]["metrics"]["eval_loss"] == pytest.approx(metrics["eval_loss"])
     assert status["result"]["outputUri"] == "pvc://outputs/happy"
+    # Where the serving manifests are, and they are there, on the claim the job wrote.
+    assert status["result"]["servingUri"] == "pvc://outputs/happy/serving"
+    served = (bed.claim("outputs") / "happy" / "serving" / "vllm.yaml").read_text()
+    assert "happy=/mnt/pvc/outputs/happy/adapter" in served
     checkpoint = status["lastCheckpoint"]
     assert checkpoint["step"] == 12
     assert checkpoint["uri"].startswith("pvc://outputs/happy/checkpoints/happy-")

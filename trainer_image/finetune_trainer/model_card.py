@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
+
+if TYPE_CHECKING:
+    from finetune_trainer.serving.publish import Serving
 
 MODEL_CARD = "README.md"
 # The data report's counts a reader of the card wants, in this order.
@@ -20,8 +24,14 @@ DATA_COUNTS = (
 )
 
 
-def model_card(job: api.FineTuneJob, metrics: dict[str, Any], data_report: dict[str, Any]) -> str:
-    """The card's sections in the order a reader asks: base, data, training, results, use."""
+def model_card(
+    job: api.FineTuneJob,
+    metrics: dict[str, Any],
+    data_report: dict[str, Any],
+    serving: Serving | None = None,
+) -> str:
+    """The card's sections in the order a reader asks: base, data, training, results, use,
+    serving."""
     spec = job.spec
     lines = [
         f"# {job.metadata.name}",
@@ -37,6 +47,7 @@ def model_card(job: api.FineTuneJob, metrics: dict[str, Any], data_report: dict[
         "|---|---|",
         *(f"| {k} | {_plain(v)} |" for k, v in sorted(metrics.items()) if not isinstance(v, dict)),
         *_use(spec),
+        *(_how_to_serve(serving) if serving else []),
     ]
     return "\n".join(lines) + "\n"
 
@@ -103,6 +114,43 @@ def _use(spec: api.FineTuneJobSpec) -> list[str]:
             "loads the adapter on its base model."
         )
     return lines
+
+
+def _how_to_serve(serving: Serving) -> list[str]:
+    served = serving.served
+    heading = ["", "## How to serve", ""]
+    if serving.manifests_uri is None:
+        return [
+            *heading,
+            f"Not yet from here: {serving.problem}. Then "
+            f"`finetune serve-manifest {served.output_uri} --output-uri URI` prints a vLLM "
+            "Deployment and Service and a KServe InferenceService for it.",
+        ]
+    what = (
+        f"the LoRA adapter on its base model `{served.base_model}` (the base alone is "
+        f"`{served.name}-base`)"
+        if served.kind == "lora"
+        else f"the {served.kind} model"
+    )
+    request = {"model": served.name, "messages": [{"role": "user", "content": "Hello"}]}
+    return [
+        *heading,
+        f"`{serving.manifests_uri}` holds manifests that serve {what} as `{served.name}` "
+        "through an OpenAI-compatible API:",
+        "",
+        f"- `vllm.yaml`: a vLLM Deployment and Service `{served.name}-vllm` (port 8000, one "
+        "GPU); the files come from the output itself.",
+        f"- `kserve.yaml`: a KServe InferenceService `{served.name}` on its Hugging Face runtime.",
+        "",
+        "```console",
+        f"$ finetune serve-manifest {served.output_uri} --only vllm | kubectl apply -f -",
+        f"$ kubectl port-forward svc/{served.name}-vllm 8000:8000 &",
+        "$ curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"    -d '{json.dumps(request)}'",
+        "```",
+        "",
+        "`finetune serve-manifest --help` shows the options (GPUs, namespace, images).",
+    ]
 
 
 def _plain(value: Any) -> str:

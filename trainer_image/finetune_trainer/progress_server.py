@@ -97,14 +97,17 @@ class ProgressBoard:
             }
 
 
-def final_result(output_uri: str, metrics: dict[str, Any]) -> api.Result:
-    """status.result: the output's URI and the finite numeric metrics, as floats."""
+def final_result(
+    output_uri: str, metrics: dict[str, Any], serving_uri: str | None = None
+) -> api.Result:
+    """status.result: the output's URI, the finite numeric metrics as floats, and where the
+    serving manifests are."""
     numbers = {
         key: float(value)
         for key, value in metrics.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
-    return api.Result(outputUri=output_uri, metrics=numbers)
+    return api.Result(outputUri=output_uri, metrics=numbers, servingUri=serving_uri)
 
 
 def serve(board: ProgressBoard, port: int) -> ThreadingHTTPServer:

@@ -27,6 +27,7 @@ from finetune_trainer.model_card import MODEL_CARD, model_card
 from finetune_trainer.overlap import check_output_clear_of_sources
 from finetune_trainer.progress_server import ProgressBoard, final_result, serving
 from finetune_trainer.reports import LOSS_PLOT, METRICS, plot_loss, throughput, write_metrics
+from finetune_trainer.serving.publish import write_serving
 from finetune_trainer.storage import local_errors
 from finetune_trainer.upload import upload_dir
 
@@ -227,17 +228,19 @@ def publish(
     resumed_from_step: int,
     board: ProgressBoard,
 ) -> dict[str, Any]:
-    """metrics.json, loss.png and the model card beside the weights; the upload; the result."""
+    """metrics.json, loss.png, serving/ and the model card beside the weights; the upload;
+    the result."""
     out = plan.out.local_dir
     history = read_history(out / HISTORY)
     metrics = final_metrics | {"resumed_from_step": resumed_from_step} | throughput(history)
     with local_errors(out):  # a full disk or a read-only folder names the path
         write_metrics(out / METRICS, metrics)
         plot_loss(history, out / LOSS_PLOT)
-        (out / MODEL_CARD).write_text(model_card(plan.job, metrics, data.report))
+        serving = write_serving(out, plan.job, plan.out.uri)  # before the upload: it goes too
+        (out / MODEL_CARD).write_text(model_card(plan.job, metrics, data.report, serving))
     if plan.out.remote:
         upload_dir(out, plan.out.uri)
-    board.finished(final_result(plan.out.uri, metrics))
+    board.finished(final_result(plan.out.uri, metrics, serving.manifests_uri))
     return metrics
 
 

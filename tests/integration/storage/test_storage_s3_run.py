@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from finetune_operator.cli import main
 
 from tests.factories import MakeJob, write_job
@@ -46,8 +47,16 @@ def test_a_run_reads_from_and_writes_to_s3(s3, s3_ray, tmp_path, monkeypatch):
 
     keys = [key.removeprefix("out/run1/") for key in s3.find("out/run1")]
     for name in ["metrics.json", "history.jsonl", "data_report.json", "loss.png", "README.md",
-                 "adapter/adapter_config.json"]:  # fmt: skip
+                 "adapter/adapter_config.json", "serving/served_model.json", "serving/vllm.yaml",
+                 "serving/kserve.yaml"]:  # fmt: skip
         assert name in keys, name
+    # The serving manifests point at the adapter the run uploaded and the base it trained on.
+    *_, service = yaml.safe_load_all(s3.cat_file("out/run1/serving/kserve.yaml"))
+    assert service["spec"]["predictor"]["storageUris"] == [
+        {"uri": "s3://models/tiny", "mountPath": "/mnt/models/base"},
+        {"uri": "s3://out/run1/adapter", "mountPath": "/mnt/models/adapter"},
+    ]
+    assert "## How to serve" in s3.cat_file("out/run1/README.md").decode()
     # Ray Train wrote the checkpoint straight to S3, under the run's name.
     checkpoints = [k for k in keys if k.startswith("checkpoints/") and "/checkpoint_step_" in k]
     assert any("/checkpoint_step_00000002/engine/" in k for k in checkpoints), checkpoints

@@ -33,7 +33,8 @@ class Document:
 
     @property
     def loss_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+        learned = self.labels[1:]
+        return len(learned) - learned.count(IGNORE_INDEX)
 
 
 class RecordTokenizer:
@@ -134,7 +135,8 @@ def _labels_by_offsets(
     ]
     span_starts, span_ends = np.array(shifted, np.int64).reshape(-1, 2).T
     counts = [len(ids) for ids in all_ids]
-    pairs = np.array(list(itertools.chain.from_iterable(offsets)), np.int64).reshape(-1, 2)
+    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(offsets))
+    pairs = np.fromiter(flat, np.int64, 2 * sum(counts)).reshape(-1, 2)
     shift = np.repeat(np.asarray(bases[:-1], np.int64), counts)
     starts, ends = pairs[:, 0] + shift, pairs[:, 1] + shift
     # The scan of spans only moves forward, as token starts usually do; where a tokenizer
@@ -142,7 +144,10 @@ def _labels_by_offsets(
     first = np.searchsorted(span_ends, np.maximum.accumulate(starts), side="right")
     padded = np.append(span_starts, np.iinfo(np.int64).max)
     inside = padded[first] < np.maximum(ends, starts + 1)
-    ids = np.fromiter(itertools.chain.from_iterable(all_ids), np.int64, sum(counts))
-    labels = np.where(inside, ids, IGNORE_INDEX)
+    # The labels reuse the ids' int objects (and one IGNORE_INDEX): a row holds references,
+    # not copies, which halves the memory of the labels on large datasets.
     cuts = np.cumsum(counts)[:-1]
-    return [part.tolist() for part in np.split(labels, cuts)]
+    return [
+        [token if learned else IGNORE_INDEX for token, learned in zip(ids, mask, strict=True)]
+        for ids, mask in zip(all_ids, map(np.ndarray.tolist, np.split(inside, cuts)), strict=True)
+    ]

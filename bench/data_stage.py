@@ -28,6 +28,10 @@ from typing import Any
 
 SEED = 1313
 CHILD_TIMEOUT_S = 1800
+# "build_rows" and "token_stats" run on one core; "build_rows, all cores" lets the Rust
+# tokenizer use its threads; the map runs one process per core.
+KINDS = ("build_rows", "token_stats", "build_rows, all cores", "datasets-map")
+ONE_CORE = ("build_rows", "token_stats")
 
 
 def synthetic_records(count: int, seed: int = SEED) -> list[dict[str, Any]]:
@@ -53,9 +57,10 @@ def synthetic_records(count: int, seed: int = SEED) -> list[dict[str, Any]]:
 
 
 class PeakRss:
-    """Peak resident memory of this process and its children together, sampled."""
+    """Peak resident memory of this process and its children together: sampled (reading
+    /proc costs CPU, hence the long interval), and at least this process's own peak."""
 
-    def __init__(self, interval_s: float = 0.01) -> None:
+    def __init__(self, interval_s: float = 0.2) -> None:
         import psutil
 
         self._process = psutil.Process()
@@ -69,8 +74,12 @@ class PeakRss:
         return self
 
     def __exit__(self, *_: object) -> None:
+        import resource
+
         self._stop.set()
         self._thread.join()
+        own_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.peak = max(self.peak, own_kib * 1024)
 
     def _sample(self) -> None:
         import psutil
@@ -83,7 +92,7 @@ class PeakRss:
                 except psutil.Error:  # a worker that just exited
                     continue
             self.peak = max(self.peak, total)
-            time.sleep(self._interval_s)
+            self._stop.wait(self._interval_s)
 
 
 def count_renders(tokenizer: Any) -> list[int]:
@@ -91,9 +100,10 @@ def count_renders(tokenizer: Any) -> list[int]:
     counter = [0]
     render = tokenizer.apply_chat_template
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        counter[0] += 1
-        return render(*args, **kwargs)
+    def counted(conversation: list[Any], **kwargs: Any) -> Any:
+        batched = bool(conversation) and isinstance(conversation[0], list)
+        counter[0] += len(conversation) if batched else 1
+        return render(conversation, **kwargs)
 
     tokenizer.apply_chat_template = counted
     return counter
@@ -110,7 +120,7 @@ def run_ours(records: list[dict[str, Any]], tokenizer: Any, streamed: bool) -> d
     if streamed:
         stats = token_stats(iter(records), "messages", tokenizer, dataset)
     else:
-        rows, stats = build_rows(records, "messages", tokenizer, dataset)
+        _rows, stats = build_rows(records, "messages", tokenizer, dataset)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "tokens": stats["tokens"], "renders": renders[0]}
 
@@ -134,23 +144,37 @@ def run_datasets_map(records: list[dict[str, Any]], tokenizer: Any) -> dict[str,
     return {"seconds": seconds, "tokens": tokens, "renders": len(records)}
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the map's workers)."""
+    import resource
+
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def child(kind: str, count: int, model_dir: str) -> None:
     """One measurement in this fresh process; prints a JSON line."""
     from transformers import AutoTokenizer
 
-    if kind != "datasets-map":
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # ours: one core
+    if kind in ONE_CORE:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     records = synthetic_records(count)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    cpu = cpu_seconds()
     with PeakRss() as rss:
         if kind == "datasets-map":
             result = run_datasets_map(records, tokenizer)
         else:
             result = run_ours(records, tokenizer, streamed=kind == "token_stats")
+    cpu = cpu_seconds() - cpu
     assistant_turns = sum(m["role"] == "assistant" for r in records for m in r["messages"])
     result |= {
         "records": count,
         "records_per_second": count / result["seconds"],
+        "cpu_us_per_record": cpu / count * 1e6,
         "peak_rss_mib": rss.peak / 2**20,
         "renders_per_record": result["renders"] / count,
         "renders_per_record_one_per_prefix": (count + 2 * assistant_turns) / count,
@@ -160,8 +184,8 @@ def child(kind: str, count: int, model_dir: str) -> None:
 
 def measure(kind: str, count: int, model_dir: Path) -> dict[str, Any]:
     environment = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
-    if kind != "datasets-map":
-        # The Rust tokenizer would otherwise spread a batch over threads: ours is one core.
+    if kind in ONE_CORE:
+        # The Rust tokenizer would otherwise spread a batch over threads.
         environment["RAYON_NUM_THREADS"] = "1"
     with tempfile.TemporaryDirectory() as cache:
         environment["HF_DATASETS_CACHE"] = cache
@@ -171,8 +195,10 @@ def measure(kind: str, count: int, model_dir: Path) -> dict[str, Any]:
             capture_output=True,
             text=True,
             timeout=CHILD_TIMEOUT_S,
-            check=True,
+            check=False,
         )
+    if finished.returncode:
+        raise SystemExit(f"{kind} on {count} records failed:\n{finished.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
     return result
 
@@ -181,7 +207,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=25_000, help="size for the RSS growth")
-    parser.add_argument("--child", choices=["build_rows", "token_stats", "datasets-map"])
+    parser.add_argument("--child", choices=KINDS)
     parser.add_argument("model_dir", nargs="?")
     args = parser.parse_args()
     if args.child:
@@ -197,35 +223,47 @@ def main() -> int:
         results = {
             (kind, count): measure(kind, count, model_dir)
             for count in (args.small, args.records)
-            for kind in ("build_rows", "token_stats", "datasets-map")
+            for kind in KINDS
         }
     cores = len(os.sched_getaffinity(0))
-    print(f"\n{'':<28}{'records':>9}{'records/s':>11}{'peak RSS MiB':>14}{'renders/rec':>13}")
+    print(
+        f"\n{'':<26}{'records':>9}{'records/s':>11}{'CPU us/rec':>12}{'peak RSS MiB':>14}"
+        f"{'renders/rec':>13}"
+    )
     for (kind, count), result in results.items():
-        name = kind + (" (1 core)" if kind != "datasets-map" else f" ({cores} procs)")
+        name = kind + (" (1 core)" if kind in ONE_CORE else f" ({cores} cores)")
         print(
-            f"{name:<28}{count:>9}{result['records_per_second']:>11.0f}"
-            f"{result['peak_rss_mib']:>14.0f}{result['renders_per_record']:>13.2f}"
+            f"{name:<26}{count:>9}{result['records_per_second']:>11.0f}"
+            f"{result['cpu_us_per_record']:>12.0f}{result['peak_rss_mib']:>14.0f}"
+            f"{result['renders_per_record']:>13.2f}"
         )
     large, small = args.records, args.small
-    ours, theirs = results["build_rows", large], results["datasets-map", large]
-    if ours["tokens"] != theirs["tokens"]:
-        print(f"note: token counts differ ({ours['tokens']} vs {theirs['tokens']})")
-    growth = {
-        kind: results[kind, large]["peak_rss_mib"] / results[kind, small]["peak_rss_mib"]
-        for kind in ("build_rows", "token_stats", "datasets-map")
-    }
+    theirs = results["datasets-map", large]
+    if results["build_rows", large]["tokens"] != theirs["tokens"]:
+        print("note: the map made a different number of tokens than build_rows")
+
+    def ratio(kind: str, key: str) -> float:
+        return round(results[kind, large][key] / theirs[key], 2)
+
     summary = {
-        "records_per_second_ratio_build_rows_1core_vs_datasets_map": round(
-            ours["records_per_second"] / theirs["records_per_second"], 2
+        "cores": cores,
+        "records_per_second_vs_datasets_map": {
+            kind: ratio(kind, "records_per_second") for kind in KINDS[:-1]
+        },
+        # CPU per record, theirs over ours: what one core of each gets done.
+        "work_per_cpu_second_vs_datasets_map": {
+            kind: round(1 / ratio(kind, "cpu_us_per_record"), 2) for kind in KINDS[:-1]
+        },
+        f"peak_rss_growth_{small}_to_{large}": {
+            kind: round(
+                results[kind, large]["peak_rss_mib"] / results[kind, small]["peak_rss_mib"], 2
+            )
+            for kind in KINDS
+        },
+        "renders_per_record": round(results["build_rows", large]["renders_per_record"], 3),
+        "renders_per_record_one_per_prefix": round(
+            results["build_rows", large]["renders_per_record_one_per_prefix"], 2
         ),
-        "records_per_second_ratio_token_stats_1core_vs_datasets_map": round(
-            results["token_stats", large]["records_per_second"] / theirs["records_per_second"], 2
-        ),
-        f"peak_rss_growth_{small}_to_{large}": {k: round(v, 2) for k, v in growth.items()},
-        "renders_per_record": round(ours["renders_per_record"], 3),
-        "renders_per_record_one_per_prefix": round(ours["renders_per_record_one_per_prefix"], 2),
-        "datasets_map_processes": cores,
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -239,9 +239,10 @@ class CountingRenders:
         self._tokenizer = tokenizer
         self.renders = 0
 
-    def apply_chat_template(self, *args, **kwargs):
-        self.renders += 1
-        return self._tokenizer.apply_chat_template(*args, **kwargs)
+    def apply_chat_template(self, conversation, **kwargs):
+        batched = bool(conversation) and isinstance(conversation[0], list)
+        self.renders += len(conversation) if batched else 1
+        return self._tokenizer.apply_chat_template(conversation, **kwargs)
 
     def __call__(self, *args, **kwargs):
         return self._tokenizer(*args, **kwargs)
@@ -272,3 +273,17 @@ def test_each_record_is_rendered_once(tiny_tokenizer):
     assert tiny_tokenizer.decode(
         [t for t, label in zip(rows[7]["input_ids"], rows[7]["labels"], strict=True) if label >= 0]
     ) == ("7 plus 7 is 14.<|im_end|>\n28.<|im_end|>\n")
+
+
+def test_a_batch_names_its_first_conversation_the_template_rejects(tiny_tokenizer):
+    template = TEMPLATES["Mistral-like (no generation prompt, strict roles)"]
+    fine = {
+        "messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hi."}]
+    }
+    rejected = {"messages": [{"role": "system", "content": "Be brief."}, *fine["messages"]]}
+    tokenizing = RecordTokenizer(
+        "messages", tiny_tokenizer, chat_template=template, train_on_prompt=False
+    )
+    with pytest.raises(DataError, match=r"\(system/user/assistant\): roles must alternate"):
+        tokenizing.documents([fine, fine, rejected, fine])
+    assert len(tokenizing.documents([fine, fine])) == 2

@@ -68,14 +68,32 @@ class ChatSpans:
         self.template = template
         self._layouts: dict[tuple[str, ...], Layout | None] = {}
 
+    def render_all(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str, list[Span]]]:
+        """Each conversation rendered, with the character spans of its assistant turns."""
+        from jinja2 import TemplateError
+
+        if not conversations:
+            return []
+        try:
+            # One call for the batch: the per-call work of apply_chat_template is shared.
+            fulls: list[str] = self.tokenizer.apply_chat_template(
+                conversations, tokenize=False, chat_template=self.template
+            )
+        except TemplateError:
+            # One at a time instead, so that the first conversation to fail is the one named.
+            return [self.render(messages) for messages in conversations]
+        return list(map(self._with_spans, conversations, fulls))
+
     def render(self, messages: list[dict[str, str]]) -> tuple[str, list[Span]]:
         """The rendered conversation and the character spans of its assistant turns."""
+        return self._with_spans(messages, self._render(messages, False))
+
+    def _with_spans(self, messages: list[dict[str, str]], full: str) -> tuple[str, list[Span]]:
         roles = tuple(message["role"] for message in messages)
         if roles not in self._layouts:
             if len(self._layouts) >= _MAX_LAYOUTS:
                 self._layouts.clear()
             self._layouts[roles] = self._probe(roles)
-        full = self._render(messages, False)
         layout = self._layouts[roles]
         spans = layout.spans_in(full, [m["content"] for m in messages]) if layout else None
         if spans is None:

@@ -8,16 +8,16 @@ conversation: with the generation prompt before each assistant turn, and through
 When a template does not render prefixes as prefixes (some rewrite earlier turns), the
 assistant contents are located in the full rendering instead.
 
-Measuring that for every record costs 1 + 2 x (assistant turns) renders. A template's own
-text does not depend on the contents it is given, only on the roles and their positions, so
-`ChatSpans` measures it once per sequence of roles, on a probe conversation whose contents
-are placeholders, and keeps where each span starts and ends relative to the contents. A
-record is then rendered once: when that rendering is exactly the probe's template text with
-the record's contents in place of the placeholders, the spans follow from the content
-lengths. A template that changes contents (trims them, drops reasoning from earlier turns)
-or whose text depends on them fails that check for the record, which is then measured the
-per-prefix way; so is every record of a role sequence whose probe falls back to locating
-contents, or on which the template raises.
+Measuring that for every record costs 1 + 2 x (assistant turns) renders. `ChatSpans`
+measures it once per sequence of roles instead, on a probe conversation whose contents are
+placeholders, and keeps where each span starts and ends relative to the contents. A record
+is then rendered once: when that rendering is exactly the probe's template text with the
+record's contents in place of the placeholders, the spans follow from the content lengths.
+That equals the per-prefix result provided the template also inserts contents verbatim in
+the prefixes, which only the full rendering is checked for. Templates that touch contents
+(trim them, drop reasoning from earlier turns) do so visibly: the record fails the check
+and is measured the per-prefix way. So is every record of a role sequence whose probe
+falls back to locating contents, or on which the template raises.
 """
 
 from __future__ import annotations

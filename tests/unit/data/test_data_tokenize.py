@@ -39,16 +39,36 @@ def test_only_assistant_turns_carry_loss(tiny_tokenizer):
     assert doc.input_ids == tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
-def test_tokenizers_without_offsets_label_the_same_tokens(tiny_tokenizer):
-    from finetune_trainer.data.tokenize import _encode_pieces, _render_with_spans
+class WithoutOffsets:
+    """The tiny tokenizer as a slow one: no offsets, so records are tokenised in pieces."""
 
+    is_fast = False
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __call__(self, text, **kwargs):
+        assert not kwargs.get("return_offsets_mapping")
+        return self._tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_tokenizers_without_offsets_label_the_same_tokens(tiny_tokenizer):
     record = chat("What is 2 plus 3?", "2 plus 3 is 5.", system="Answer briefly.")
-    text, spans = _render_with_spans(record["messages"], tiny_tokenizer, None)
-    pieces = _encode_pieces(text, spans, tiny_tokenizer, train_on_prompt=False)
+    pieces = tokenize_record(
+        record,
+        "messages",
+        WithoutOffsets(tiny_tokenizer),
+        chat_template=None,
+        train_on_prompt=False,
+    )
     assert (
         labelled_text(tiny_tokenizer, pieces.input_ids, pieces.labels)
         == "2 plus 3 is 5.<|im_end|>\n"
     )
+    text = tiny_tokenizer.apply_chat_template(record["messages"], tokenize=False)
     assert tiny_tokenizer.decode(pieces.input_ids) == text
 
 

@@ -9,16 +9,19 @@ the previous document's last token.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from finetune_operator import api
 
 from finetune_trainer.data.formats import Record
-from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, tokenize_record
+from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, RecordTokenizer
 from finetune_trainer.errors import DataError
 
 Row = dict[str, list[int]]  # input_ids, labels and position_ids of one training row
+# Records tokenised per tokenizer call: enough to amortise the call, little to hold at once.
+TOKENIZE_BATCH = 512
 
 
 def build_rows(
@@ -65,14 +68,12 @@ def _documents(
     limit = dataset.max_seq_length
     policy = dataset.cleaning.overlength
     _check_template(fmt, tokenizer, dataset)
-    for record in records:
-        document = tokenize_record(
-            record,
-            fmt,
-            tokenizer,
-            chat_template=dataset.chat_template,
-            train_on_prompt=dataset.train_on_prompt,
-        )
+    tokenizing = RecordTokenizer(
+        fmt, tokenizer, chat_template=dataset.chat_template, train_on_prompt=dataset.train_on_prompt
+    )
+    for document in itertools.chain.from_iterable(
+        map(tokenizing.documents, _batches(records, TOKENIZE_BATCH))
+    ):
         if len(document.input_ids) <= limit:
             yield _mask_first(document)
             continue
@@ -83,6 +84,12 @@ def _documents(
         overlength[action if pieces else "dropped"] += 1
         for piece in pieces:
             yield _mask_first(piece)
+
+
+def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    iterator = iter(records)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def _check_template(fmt: str, tokenizer: Any, dataset: api.DatasetSpec) -> None:

@@ -1,24 +1,25 @@
-"""Records to token ids with loss labels: the chat template, prompt masking, over-length.
+"""Records to token ids with loss labels: the chat template, prompt masking, batching.
 
-The loss covers assistant turns only (unless trainOnPrompt). This works with any chat
-template, including ones without `{% generation %}` markers: the conversation is
-rendered once per assistant turn, with and without that turn, and the characters in
-between are the turn's own (its content and end-of-turn marker). The full rendering is
-tokenised once and tokens are labelled by their character offsets, so the ids are the
-ones the model sees at inference (tokenising pieces separately would add spurious
-prefix spaces with SentencePiece tokenizers); slow tokenizers without offsets fall back
-to tokenising the pieces. When a template does not render prefixes as prefixes (some
-rewrite earlier turns), the assistant contents are located in the full rendering
-instead.
+The loss covers assistant turns only (unless trainOnPrompt); chat_spans says which
+characters of a rendered conversation those are. Records are tokenised in batches, one
+fast-tokenizer call per batch, and each whole rendering is tokenised at once, so the ids are
+the ones the model sees at inference (tokenising pieces separately would add spurious
+prefix spaces with SentencePiece tokenizers). Tokens are labelled by their character
+offsets, over the whole batch at once; slow tokenizers without offsets fall back to
+tokenising the pieces of each record.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_trainer.data.formats import to_messages
-from finetune_trainer.errors import DataError
+import numpy as np
+
+from finetune_trainer.data.chat_spans import ChatSpans, Span
+from finetune_trainer.data.formats import Record, to_messages
 
 IGNORE_INDEX = -100
 
@@ -32,11 +33,79 @@ class Document:
 
     @property
     def loss_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+        learned = self.labels[1:]
+        return len(learned) - learned.count(IGNORE_INDEX)
+
+
+class RecordTokenizer:
+    """Tokenises batches of records of one format with one tokenizer and chat template."""
+
+    def __init__(
+        self, fmt: str, tokenizer: Any, *, chat_template: str | None, train_on_prompt: bool
+    ) -> None:
+        self.fmt = fmt
+        self.tokenizer = tokenizer
+        self.train_on_prompt = train_on_prompt
+        self.chat = ChatSpans(tokenizer, chat_template)
+
+    def documents(self, records: Iterable[Record]) -> list[Document]:
+        """The records' documents, in order; every record makes exactly one."""
+        if self.fmt == "text":
+            return self._text_documents([record["text"] for record in records])
+        rendered = self.chat.render_all([to_messages(record, self.fmt) for record in records])
+        if not getattr(self.tokenizer, "is_fast", False):
+            return [self._encode_pieces(text, spans) for text, spans in rendered]
+        return self._encode_with_offsets(rendered)
+
+    def _text_documents(self, texts: list[str]) -> list[Document]:
+        if not texts:
+            return []
+        eos = self.tokenizer.eos_token_id
+        documents = []
+        for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]:
+            if eos is not None and (not ids or ids[-1] != eos):
+                ids = [*ids, eos]
+            documents.append(Document(ids, list(ids)))
+        return documents
+
+    def _encode_with_offsets(self, rendered: list[tuple[str, list[Span]]]) -> list[Document]:
+        """Whole renderings tokenised at once (exactly the ids inference will see); a token
+        is learned when it holds any character of an assistant span (a merge such as " st"
+        across "[assistant] stone" belongs to the answer)."""
+        if not rendered:
+            return []
+        encoded = self.tokenizer(
+            [text for text, _ in rendered],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        all_ids: list[list[int]] = encoded["input_ids"]
+        if self.train_on_prompt:
+            return [Document(ids, list(ids)) for ids in all_ids]
+        labels = _labels_by_offsets(all_ids, encoded["offset_mapping"], rendered)
+        return [Document(ids, row) for ids, row in zip(all_ids, labels, strict=True)]
+
+    def _encode_pieces(self, text: str, spans: list[Span]) -> Document:
+        """Slow tokenizers give no offsets: tokenise prompt and answer pieces separately."""
+        input_ids: list[int] = []
+        labels: list[int] = []
+        cursor = 0
+        for start, end in [*spans, (len(text), len(text))]:
+            pieces = ((text[cursor:start], self.train_on_prompt), (text[start:end], True))
+            for piece, learn in pieces:
+                if not piece:
+                    continue
+                ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+                input_ids += ids
+                labels += ids if learn else [IGNORE_INDEX] * len(ids)
+            cursor = end
+        return Document(input_ids, labels)
 
 
 def tokenize_record(
-    record: dict[str, Any],
+    record: Record,
     fmt: str,
     tokenizer: Any,
     *,
@@ -44,98 +113,41 @@ def tokenize_record(
     train_on_prompt: bool,
 ) -> Document:
     """Token ids and labels of one record; labels are IGNORE_INDEX where no loss is taken."""
-    if fmt == "text":
-        ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
-        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-            ids = [*ids, tokenizer.eos_token_id]
-        return Document(ids, list(ids))
-    messages = to_messages(record, fmt)
-    text, spans = _render_with_spans(messages, tokenizer, chat_template)
-    if getattr(tokenizer, "is_fast", False):
-        return _encode_with_offsets(text, spans, tokenizer, train_on_prompt)
-    return _encode_pieces(text, spans, tokenizer, train_on_prompt)
+    batch = RecordTokenizer(
+        fmt, tokenizer, chat_template=chat_template, train_on_prompt=train_on_prompt
+    )
+    return batch.documents([record])[0]
 
 
-def _encode_with_offsets(
-    text: str, spans: list[tuple[int, int]], tokenizer: Any, train_on_prompt: bool
-) -> Document:
-    """The whole rendering tokenised at once (exactly the ids inference will see); a token
-    is learned when it holds any character of an assistant span (a merge such as " st"
-    across "[assistant] stone" belongs to the answer)."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = []
-    span = 0
-    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
-        while span < len(spans) and spans[span][1] <= start:
-            span += 1
-        inside = span < len(spans) and spans[span][0] < max(end, start + 1)
-        labels.append(token if inside or train_on_prompt else IGNORE_INDEX)
-    return Document(list(encoded["input_ids"]), labels)
-
-
-def _encode_pieces(
-    text: str, spans: list[tuple[int, int]], tokenizer: Any, train_on_prompt: bool
-) -> Document:
-    """Slow tokenizers give no offsets: tokenise prompt and answer pieces separately."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-    cursor = 0
-    for start, end in [*spans, (len(text), len(text))]:
-        for piece, learn in ((text[cursor:start], train_on_prompt), (text[start:end], True)):
-            if not piece:
-                continue
-            ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
-            input_ids += ids
-            labels += ids if learn else [IGNORE_INDEX] * len(ids)
-        cursor = end
-    return Document(input_ids, labels)
-
-
-def _render(
-    messages: list[dict[str, str]], tokenizer: Any, template: str | None, generation_prompt: bool
-) -> str:
-    from jinja2 import TemplateError
-
-    try:
-        text: str = tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=generation_prompt,
-            chat_template=template,
-        )
-        return text
-    except TemplateError as error:
-        # Templates raise on conversations they do not support (e.g. no system role).
-        roles = "/".join(m["role"] for m in messages)
-        raise DataError(f"chat template failed on a conversation ({roles}): {error}") from None
-
-
-def _render_with_spans(
-    messages: list[dict[str, str]], tokenizer: Any, template: str | None
-) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
-    full = _render(messages, tokenizer, template, False)
-    spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _render(messages[:index], tokenizer, template, True) if index else ""
-        through = _render(messages[: index + 1], tokenizer, template, False)
-        if not (full.startswith(through) and through.startswith(before)):
-            return full, _find_contents(full, messages)
-        spans.append((len(before), len(through)))
-    return full, spans
-
-
-def _find_contents(full: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
-    """Fallback spans: each assistant content located in order in the rendered text."""
-    spans, cursor = [], 0
-    for message in messages:
-        content = message["content"]
-        position = full.find(content, cursor) if content else -1
-        if position < 0:
-            continue
-        if message["role"] == "assistant":
-            spans.append((position, position + len(content)))
-        cursor = position + len(content)
-    return spans
+def _labels_by_offsets(
+    all_ids: list[list[int]],
+    offsets: list[list[tuple[int, int]]],
+    rendered: list[tuple[str, list[Span]]],
+) -> list[list[int]]:
+    """Labels of a batch in one pass: the texts laid end to end (one character apart, so no
+    span reaches a neighbour's tokens), each token tested against the first span that does
+    not end before it starts."""
+    bases = [0, *itertools.accumulate(len(text) + 1 for text, _ in rendered)]
+    shifted = [
+        (start + base, end + base)
+        for (_, spans), base in zip(rendered, bases[:-1], strict=True)
+        for start, end in spans
+    ]
+    span_starts, span_ends = np.array(shifted, np.int64).reshape(-1, 2).T
+    counts = [len(ids) for ids in all_ids]
+    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(offsets))
+    pairs = np.fromiter(flat, np.int64, 2 * sum(counts)).reshape(-1, 2)
+    shift = np.repeat(np.asarray(bases[:-1], np.int64), counts)
+    starts, ends = pairs[:, 0] + shift, pairs[:, 1] + shift
+    # The scan of spans only moves forward, as token starts usually do; where a tokenizer
+    # steps back, the furthest start so far decides.
+    first = np.searchsorted(span_ends, np.maximum.accumulate(starts), side="right")
+    padded = np.append(span_starts, np.iinfo(np.int64).max)
+    inside = padded[first] < np.maximum(ends, starts + 1)
+    # The labels reuse the ids' int objects (and one IGNORE_INDEX): a row holds references,
+    # not copies, which halves the memory of the labels on large datasets.
+    cuts = np.cumsum(counts)[:-1]
+    return [
+        [token if learned else IGNORE_INDEX for token, learned in zip(ids, mask, strict=True)]
+        for ids, mask in zip(all_ids, map(np.ndarray.tolist, np.split(inside, cuts)), strict=True)
+    ]

@@ -7,7 +7,7 @@ transformers hands unchanged to the attention function registered here. One kern
 device, chosen by `select_attention`:
 
 - flash_varlen (CUDA, `flash_attn` importable): `flash_attn_varlen_func` over the batch
-  flattened to one sequence, with cu_seqlens at document edges.
+  flattened to one sequence, with cu_seqlens at document edges (FlexAttention in fp32).
 - flex (CUDA without flash_attn): compiled FlexAttention with a document block mask.
 - sdpa_documents (CPU): causal SDPA on each document's slice. Measured on torch 2.13:
   FlexAttention has no backward on CPU, nested-tensor SDPA refuses is_causal, and the
@@ -138,9 +138,9 @@ def sdpa_documents_attention(
     rows = []
     for b, lengths in enumerate(packed_documents.lengths):
         pieces = zip(
-            query[b : b + 1].split(lengths, dim=2),
-            key[b : b + 1].split(lengths, dim=2),
-            value[b : b + 1].split(lengths, dim=2),
+            torch.split(query[b : b + 1], lengths, dim=2),
+            torch.split(key[b : b + 1], lengths, dim=2),
+            torch.split(value[b : b + 1], lengths, dim=2),
             strict=True,
         )
         rows.append(
@@ -218,8 +218,15 @@ def flash_varlen_attention(
     `varlen_kernel` stands in for flash_attn_varlen_func (same contract) where that is absent."""
     if packed_documents is None:
         return _plain_causal(query, key, value, attention_mask, dropout, scaling)
+    if varlen_kernel is None and query.dtype not in (torch.float16, torch.bfloat16):
+        # flash_attn runs half precision only; an fp32 run takes the FlexAttention kernel.
+        return flex_documents_attention(
+            module, query, key, value, None, dropout, scaling, packed_documents
+        )
     if varlen_kernel is None:
-        from flash_attn import flash_attn_varlen_func as varlen_kernel
+        import flash_attn
+
+        varlen_kernel = flash_attn.flash_attn_varlen_func
     batch, heads, length, dim = query.shape
 
     def flat(x: torch.Tensor) -> torch.Tensor:

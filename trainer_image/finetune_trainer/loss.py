@@ -35,7 +35,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     a chunk of tokens at a time; gradients are computed in forward and scaled in backward."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -49,7 +49,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         want_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
+        grad_bias = (
+            torch.zeros_like(bias, dtype=torch.float32) if bias is not None and want_bias else None
+        )
         summary = torch.zeros(2, dtype=torch.float32, device=hidden.device)  # loss, correct
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
@@ -63,7 +65,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             # d loss / d logits = softmax - one_hot(target), reusing the logits' memory.
             grad_logits = logits.sub_(logsumexp.unsqueeze(1)).exp_()
             grad_logits[torch.arange(len(t), device=t.device), t] -= 1
-            if want_bias:
+            if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
             grad_logits = grad_logits.to(weight.dtype)
             if grad_hidden is not None:
@@ -74,7 +76,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return summary
 
     @staticmethod
-    def backward(ctx: Any, grad_summary: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_summary: torch.Tensor) -> tuple[Any, ...]:
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         scale = grad_summary[0]  # the correct count has no gradient
         return (
@@ -100,7 +102,8 @@ def linear_cross_entropy(
     if not torch.is_grad_enabled():  # evaluation: no gradients to compute along the way
         hidden, weight = hidden.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
-    summary: torch.Tensor = _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk)
+    apply: Any = _ChunkedLinearCrossEntropy.apply  # torch leaves apply unannotated
+    summary: torch.Tensor = apply(hidden, weight, bias, targets, chunk)
     return summary
 
 

@@ -362,6 +362,12 @@ class Hyperparameters(ApiModel):
         "auto",
         description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.",
     )
+    liger_kernels: bool = Field(
+        False,
+        description="On CUDA: Liger's Triton kernels, its fused linear cross-entropy for the "
+        "loss and RMSNorm, RoPE and SwiGLU where the model has them (needs liger-kernel, the "
+        "gpu extra). Ignored on CPU.",
+    )
     seed: int = Field(
         42,
         description="Seed for data splits, shuffling and initialisation.",

@@ -32,6 +32,8 @@ from finetune_trainer.model import (
     load_base_model,
     load_tokenizer,
     resolve_model_dir,
+    use_fast_kernels,
+    use_loss_head,
 )
 from finetune_trainer.schedule import EarlyStopping, lr_multiplier, warmup_steps
 
@@ -360,7 +362,12 @@ def _build_engine(
         dtype=DTYPES[precision],
         quantize_4bit=spec.method.type == "qlora",
     )
+    cuda = torch.cuda.is_available()
+    kernels = use_fast_kernels(base, cuda=cuda, liger=hp.liger_kernels)
     model = apply_method(base, spec.method, gradient_checkpointing=hp.gradient_checkpointing)
+    loss = use_loss_head(model, cuda=cuda, liger=hp.liger_kernels)
+    if dist.get_rank() == 0:
+        print(f"note: {kernels}; {loss}")
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = None
     if "optimizer" not in ds_config:

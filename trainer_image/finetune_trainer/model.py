@@ -10,7 +10,7 @@ from typing import Any
 
 from finetune_operator import api
 
-from finetune_trainer.errors import ModelSourceError, StorageError
+from finetune_trainer.errors import MethodUnavailable, ModelSourceError, StorageError
 from finetune_trainer.storage import fetch_to_cache, resolve_local
 
 MODEL_CACHE_ENV = "FINETUNE_MODEL_CACHE"
@@ -253,3 +253,40 @@ def count_parameters(model: Any) -> tuple[int, int]:
         if parameter.requires_grad:
             trainable += n
     return trainable, total
+
+
+def use_fast_kernels(base: Any, *, cuda: bool, liger: bool) -> str:
+    """Packed attention for `base` (and Liger's RMSNorm, RoPE and SwiGLU on CUDA when
+    `liger`), before peft wraps it; a line naming what runs, for the log."""
+    import torch
+
+    from finetune_trainer.attention import select_attention, use_packed_attention
+
+    path = select_attention(torch.device("cuda" if cuda else "cpu"))
+    attention = path if use_packed_attention(base, path) else "dense-mask (model has no hook)"
+    kernels = ""
+    if liger and cuda:
+        try:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        except ImportError as error:
+            raise MethodUnavailable(
+                "spec.hyperparameters.ligerKernels: liger-kernel is not installed in the "
+                "trainer image (pip install 'finetune-operator[gpu]')"
+            ) from error
+        # The loss is fused by our LossHead, so Liger's own cross-entropy patches stay off.
+        _apply_liger_kernel_to_instance(
+            model=base, rope=True, rms_norm=True, swiglu=True,
+            cross_entropy=False, fused_linear_cross_entropy=False,
+        )  # fmt: skip
+        kernels = ", Liger RMSNorm/RoPE/SwiGLU"
+    return f"attention {attention}{kernels}"
+
+
+def use_loss_head(model: Any, *, cuda: bool, liger: bool) -> str:
+    """The chunked (or, with Liger on CUDA, fused) loss head, after peft; a line for the log."""
+    from finetune_trainer.loss import install_loss_head
+
+    fused = liger and cuda
+    if not install_loss_head(model, fused=fused):
+        return "loss from full logits (model not known to keep its head plain)"
+    return "loss Liger fused linear cross-entropy" if fused else "loss chunked cross-entropy"

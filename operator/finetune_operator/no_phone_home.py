@@ -7,8 +7,11 @@ container of every pod of a RayJob. Libraries read them at import or at start, w
 why they travel as environment variables and not as calls.
 
 What phones home without them (looked up in each library's source):
-- Ray: usage statistics to usage-stats.ray.io from the head (on by default, Ray Data
-  adds its own), after querying the cloud metadata endpoints.
+- Ray: usage statistics to usage-stats.ray.io from the head's dashboard process (on by
+  default; Ray Data adds its own). Switched off, a cluster started by `ray start` (every
+  KubeRay cluster) still posts a "usage stats disabled" report there, so the report URL
+  points nowhere too. The same process asks the cloud metadata address once at start
+  whatever the settings (no switch in Ray): see the README's privacy section.
 - huggingface_hub (and transformers, datasets, peft through it): usage pings and a
   telemetry user agent on every Hub request; with no hf:// source, any Hub lookup at all.
 - tldextract: the Public Suffix List from publicsuffix.org at first use.
@@ -27,6 +30,8 @@ from finetune_operator import api
 # Always off: reports about how we use a library, sent to its maker.
 TELEMETRY_OFF: Mapping[str, str] = {
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Not a URL that any HTTP client can open: the "disabled" report fails before a socket.
+    "RAY_USAGE_STATS_REPORT_URL": "off://no-usage-reports",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     # The cross-tool convention (donottrack.sh): huggingface_hub honours it, and so may
     # whatever else an admin adds to the trainer image.

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # Written out, not imported: a name or value changed by mistake must fail here.
 TELEMETRY_OFF = {
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "off://no-usage-reports",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
     "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",

@@ -166,6 +166,8 @@ def pod_template(
     # workers and `ray job submit` in the submitter, so `finetune run` (the driver only)
     # cannot set them for those processes.
     quiet = no_phone_home.quiet_environment(job.spec, telemetry=settings.trainer_telemetry)
+    if settings.trainer_telemetry:
+        quiet[no_phone_home.OPT_IN_ENV] = "1"  # so that `finetune run` leaves them out too
     container.setdefault("env", []).extend(
         {"name": name, "value": value} for name, value in sorted(quiet.items())
     )

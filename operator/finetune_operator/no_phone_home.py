@@ -47,6 +47,10 @@ HUB_OFFLINE: Mapping[str, str] = {
     "HF_DATASETS_OFFLINE": "1",
 }
 HUB_SCHEME = "hf://"
+# The explicit opt-in of one process tree: `FINETUNE_TELEMETRY=1 finetune run job.yaml`
+# leaves usage statistics to each library's default. The operator sets it in every pod
+# when the admin opts in (FINETUNE_TRAINER_TELEMETRY), so the driver agrees with the pod.
+OPT_IN_ENV = "FINETUNE_TELEMETRY"
 
 
 def job_sources(spec: api.FineTuneJobSpec) -> Iterator[str]:
@@ -83,9 +87,11 @@ def apply_to_process(
 ) -> dict[str, str]:
     """Sets the quiet environment where the user has not set a variable; what it set.
 
-    A variable already set wins: `RAY_USAGE_STATS_ENABLED=1 finetune run job.yaml` is the
-    explicit opt-in, and in a pod the values came from the RayJob already.
+    A variable already set wins (`RAY_USAGE_STATS_ENABLED=1` opts in to Ray's statistics
+    alone), and in a pod the values came from the RayJob already.
     """
-    added = {name: value for name, value in quiet_environment(spec).items() if name not in environ}
+    telemetry = environ.get(OPT_IN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    quiet = quiet_environment(spec, telemetry=telemetry)
+    added = {name: value for name, value in quiet.items() if name not in environ}
     environ.update(added)
     return added

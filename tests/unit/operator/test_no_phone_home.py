@@ -100,7 +100,11 @@ def test_an_admin_opts_in_to_usage_statistics_for_every_pod():
     job = MakeJob.operator().model("s3://models/llama").typed()
     for where, env in container_envs(build_rayjob(job, settings)).items():
         assert not TELEMETRY_OFF.keys() & env.keys(), where
+        assert env["FINETUNE_TELEMETRY"] == "1", where  # the driver's `finetune run` agrees
         assert HUB_OFFLINE.items() <= env.items(), where  # opting in is about statistics only
+    # The same job without the opt-in carries no trace of it.
+    for where, env in container_envs(build_rayjob(job, Settings())).items():
+        assert "FINETUNE_TELEMETRY" not in env, where
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1", True), ("False", False), ("off", False)])
@@ -119,6 +123,13 @@ def test_a_variable_the_user_set_is_their_explicit_choice():
     assert environ["RAY_USAGE_STATS_ENABLED"] == "1"
     assert "RAY_USAGE_STATS_ENABLED" not in added
     assert environ["HF_HUB_DISABLE_TELEMETRY"] == "1" and environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_one_variable_opts_a_whole_process_tree_in():
+    environ = {"FINETUNE_TELEMETRY": "1"}
+    no_phone_home.apply_to_process(None, environ)
+    assert not TELEMETRY_OFF.keys() & environ.keys()
+    assert HUB_OFFLINE.items() <= environ.items()
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """The environment that keeps every process we start from phoning home.
 
 Our users train on data that may not leave the building, so nothing we run reports usage
-anywhere: `finetune run`/`prepare` put these variables into their own environment (which
-the local Ray instance and its workers inherit), and the operator writes them into every
-container of every pod of a RayJob. Libraries read them at import or at start, which is
-why they travel as environment variables and not as calls.
+anywhere: `finetune run`, `prepare` and `pii-report` put these variables into their own
+environment (which the local Ray instance and its workers inherit), and the operator
+writes them into every container of every pod of a RayJob. Libraries read them at import
+or at start, which is why they travel as environment variables and not as calls.
 
 What phones home without them (looked up in each library's source):
 - Ray: usage statistics to usage-stats.ray.io from the head's dashboard process (on by
@@ -36,9 +36,10 @@ TELEMETRY_OFF: Mapping[str, str] = {
     # The cross-tool convention (donottrack.sh): huggingface_hub honours it, and so may
     # whatever else an admin adds to the trainer image.
     "DO_NOT_TRACK": "1",
-    # An empty list of URLs: tldextract uses the suffix list bundled with it, never fetches.
-    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
 }
+# Always: downloads that nobody asked for, whatever the opt-in. An empty list of URLs:
+# tldextract uses the suffix list bundled with it (our URL recognizer asks for that too).
+UNASKED_FETCHES_OFF: Mapping[str, str] = {"TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""}
 # Off unless the job names an hf:// source: then fetching from the Hub is what the user
 # asked for, and offline mode would refuse the download (telemetry stays off even then).
 HUB_OFFLINE: Mapping[str, str] = {
@@ -73,12 +74,15 @@ def quiet_environment(
 ) -> dict[str, str]:
     """The variables for a job's processes (spec None: a command that reads no hf:// source).
 
-    telemetry=True is the operator's explicit opt-in (FINETUNE_TRAINER_TELEMETRY): usage
-    statistics are then left to each library's default; the Hub stays offline unless used.
+    telemetry=True is an explicit opt-in (the operator's FINETUNE_TRAINER_TELEMETRY, a
+    process's FINETUNE_TELEMETRY): usage statistics are then left to each library's
+    default; unasked fetches stay off, and the Hub offline unless a source uses it.
     """
-    environment = {} if telemetry else dict(TELEMETRY_OFF)
+    environment = dict(UNASKED_FETCHES_OFF)
+    if not telemetry:
+        environment.update(TELEMETRY_OFF)
     if spec is None or not uses_hub(spec):
-        environment |= HUB_OFFLINE
+        environment.update(HUB_OFFLINE)
     return environment
 
 

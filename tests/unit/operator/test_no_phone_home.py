@@ -25,10 +25,10 @@ TELEMETRY_OFF = {
     "RAY_USAGE_STATS_REPORT_URL": "off://no-usage-reports",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
-    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
 }
+FETCHES_OFF = {"TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": ""}  # whatever the opt-in
 HUB_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-QUIET_NAMES = [*TELEMETRY_OFF, *HUB_OFFLINE]
+QUIET_NAMES = [*TELEMETRY_OFF, *FETCHES_OFF, *HUB_OFFLINE]
 
 
 def container_envs(rayjob: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -54,8 +54,7 @@ def test_every_container_of_the_rendered_quickstart_is_quiet_and_offline():
     envs = container_envs(rendered_rayjob(ROOT / "examples" / "quickstart.yaml"))
     assert len(envs) == 3  # head, workers, submitter
     for where, env in envs.items():
-        assert TELEMETRY_OFF.items() <= env.items(), where
-        assert HUB_OFFLINE.items() <= env.items(), where
+        assert (TELEMETRY_OFF | FETCHES_OFF | HUB_OFFLINE).items() <= env.items(), where
 
 
 @pytest.mark.parametrize(
@@ -101,6 +100,7 @@ def test_an_admin_opts_in_to_usage_statistics_for_every_pod():
     for where, env in container_envs(build_rayjob(job, settings)).items():
         assert not TELEMETRY_OFF.keys() & env.keys(), where
         assert env["FINETUNE_TELEMETRY"] == "1", where  # the driver's `finetune run` agrees
+        assert FETCHES_OFF.items() <= env.items(), where
         assert HUB_OFFLINE.items() <= env.items(), where  # opting in is about statistics only
     # The same job without the opt-in carries no trace of it.
     for where, env in container_envs(build_rayjob(job, Settings())).items():
@@ -129,7 +129,7 @@ def test_one_variable_opts_a_whole_process_tree_in():
     environ = {"FINETUNE_TELEMETRY": "1"}
     no_phone_home.apply_to_process(None, environ)
     assert not TELEMETRY_OFF.keys() & environ.keys()
-    assert HUB_OFFLINE.items() <= environ.items()
+    assert (FETCHES_OFF | HUB_OFFLINE).items() <= environ.items()
 
 
 @pytest.fixture
@@ -155,7 +155,7 @@ def test_finetune_run_quiets_its_process_before_the_trainer_starts(
     monkeypatch.setattr(run, "run_command", fake_run)
     job = write_job(tmp_path, MakeJob.trainer().model(model).obj())
     assert cli.main(["run", str(job)]) == 0
-    assert TELEMETRY_OFF.items() <= seen.items()
+    assert (TELEMETRY_OFF | FETCHES_OFF).items() <= seen.items()
     assert (HUB_OFFLINE.items() <= seen.items()) is offline
     assert offline or not HUB_OFFLINE.keys() & seen.keys()
 
@@ -175,4 +175,4 @@ def test_finetune_prepare_and_pii_report_are_quiet_too(tmp_path, monkeypatch, cl
     assert cli.main(["prepare", str(job), "--output", str(tmp_path / "out")]) == 0
     assert cli.main(["pii-report", str(tmp_path / "records.jsonl")]) == 0
     for env in seen:
-        assert (TELEMETRY_OFF | HUB_OFFLINE).items() <= env.items()
+        assert (TELEMETRY_OFF | FETCHES_OFF | HUB_OFFLINE).items() <= env.items()

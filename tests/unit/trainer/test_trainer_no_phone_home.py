@@ -28,7 +28,7 @@ print(json.dumps({
 
 
 def library_view(environment: dict[str, str]) -> dict[str, object]:
-    names = [*no_phone_home.TELEMETRY_OFF, *no_phone_home.HUB_OFFLINE]
+    names = [*no_phone_home.quiet_environment(None), "FINETUNE_TELEMETRY"]
     env = {k: v for k, v in os.environ.items() if k not in names} | environment
     result = subprocess.run(
         [sys.executable, "-c", LIBRARY_VIEW], env=env, capture_output=True, text=True, check=True

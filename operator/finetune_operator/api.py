@@ -154,6 +154,7 @@ PiiKind = Literal[
     "street_address",
     "phone",
     "email",
+    "url",
     "iban",
     "credit_card",
     "ssn",

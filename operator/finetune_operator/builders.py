@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from finetune_operator import api, naming, pod_security
+from finetune_operator import api, naming, no_phone_home, pod_security
 from finetune_operator.settings import Settings
 
 SPEC_VOLUME = "job-spec"
@@ -162,6 +162,15 @@ def pod_template(
     resources = job.spec.resources
     container = copy.deepcopy(container)
     container["securityContext"] = pod_security.container_security_context()
+    # In every container, the submitter's too: KubeRay runs `ray start` on the head and the
+    # workers and `ray job submit` in the submitter, so `finetune run` (the driver only)
+    # cannot set them for those processes.
+    quiet = no_phone_home.quiet_environment(job.spec, telemetry=settings.trainer_telemetry)
+    if settings.trainer_telemetry:
+        quiet[no_phone_home.OPT_IN_ENV] = "1"  # so that `finetune run` leaves them out too
+    container.setdefault("env", []).extend(
+        {"name": name, "value": value} for name, value in sorted(quiet.items())
+    )
     volumes = copy.deepcopy(volumes)
     if shm_size is not None:
         volumes.append(pod_security.shm_volume(shm_size))

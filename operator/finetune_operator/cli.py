@@ -8,13 +8,15 @@ say which extra to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from finetune_operator.errors import EXIT_BAD_INPUT
-from finetune_operator.validation import validate_file
+from finetune_operator import no_phone_home
+from finetune_operator.errors import EXIT_BAD_INPUT, UserError
+from finetune_operator.validation import load_job_file, validate_file
 
 # Import names of the packages in pyproject's `trainer` extra, and of the two the trainer
 # imports that come with them (botocore with s3fs, huggingface_hub with transformers).
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in TRAINER_COMMANDS:
+        quiet_process(args.job if args.command == "pii-report" else args.file)
     try:
         return int(args.handler(args))
     except BrokenPipeError:
@@ -210,6 +214,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+
+
+def quiet_process(job_file: str | None) -> None:
+    """Telemetry off, and the Hub offline unless the job reads from it, for this process and
+    the local Ray it starts: set before the trainer's libraries load, since they read it then."""
+    spec = None
+    if job_file is not None:
+        # A bad job file is the command's to report, in its own words.
+        with contextlib.suppress(UserError):
+            spec = load_job_file(Path(job_file)).spec
+    no_phone_home.apply_to_process(spec, os.environ)
 
 
 def is_trainer_module(name: str | None) -> bool:

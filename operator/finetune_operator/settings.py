@@ -50,6 +50,9 @@ class Settings:
     progress_concurrency: int = 64
     # At most one CheckpointSaved Event per job in this window (status shows every one).
     checkpoint_event_seconds: float = 300.0
+    # Usage statistics of Ray and Hugging Face from the trainer pods: off unless an admin opts
+    # in (FINETUNE_TRAINER_TELEMETRY=true); see no_phone_home.
+    trainer_telemetry: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,6 +89,10 @@ class Settings:
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"FINETUNE_PROGRESS_PORT must be a port number, got {port!r}")
             overrides["progress_port"] = int(port)
+        if env.get("FINETUNE_TRAINER_TELEMETRY"):
+            overrides["trainer_telemetry"] = _switch(
+                "FINETUNE_TRAINER_TELEMETRY", env["FINETUNE_TRAINER_TELEMETRY"]
+            )
         return dataclasses.replace(cls(), **overrides)  # type: ignore[arg-type]
 
 
@@ -97,3 +104,12 @@ def _whole_number(name: str, text: str, lowest: int) -> int:
     if value < lowest:
         raise ValueError(f"{name} must be at least {lowest}, got {value}")
     return value
+
+
+def _switch(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {text!r}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from finetune_operator.settings import Settings
 
 from tests import pod_security_standards as pss
 from tests.helm_chart import (
@@ -133,7 +134,19 @@ def test_operator_runs_locked_down_as_the_images_user() -> None:
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env == {"FINETUNE_TRAINER_UID": "1000", "FINETUNE_TRAINER_GID": "100"}
+    assert env == {
+        "FINETUNE_TRAINER_UID": "1000",
+        "FINETUNE_TRAINER_GID": "100",
+        "FINETUNE_TRAINER_TELEMETRY": "false",  # nothing leaves the building by default
+    }
+
+
+def test_an_admin_opts_in_to_trainer_usage_statistics_in_one_value() -> None:
+    env = {
+        e["name"]: e["value"] for e in operator_container(render({"trainerTelemetry": True}))["env"]
+    }
+    assert env["FINETUNE_TRAINER_TELEMETRY"] == "true"
+    assert Settings.from_env(env).trainer_telemetry
 
 
 @pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
@@ -256,6 +269,7 @@ def test_two_replicas_without_peering_are_refused() -> None:
         ({"dashboards": {"enabled": 1}}, "/dashboards/enabled"),
         ({"healthPort": 70000}, "/healthPort"),
         ({"trainerUser": {"uid": 0, "gid": 100}}, "/trainerUser/uid"),
+        ({"trainerTelemetry": "yes"}, "/trainerTelemetry"),
         ({"logFormat": "xml"}, "/logFormat"),
         ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
         ({"podSecurityContext": {"runAsUser": "root"}}, "/podSecurityContext/runAsUser"),

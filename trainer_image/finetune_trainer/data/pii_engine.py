@@ -1,9 +1,9 @@
 """Finding personal data in a text: Presidio's analyzer with spaCy NER and our recognizers.
 
 The analyzer is built once per process (loading spaCy takes a second). It never downloads:
-the spaCy pipeline must be installed as a package (the `trainer` extra brings one), and
-Presidio's own recognizers that fetch at first use (the e-mail and URL recognizers go
-through tldextract) are not registered.
+the spaCy pipeline must be installed as a package (the `trainer` extra brings one),
+Presidio's own e-mail recognizer (tldextract with the live suffix list) is not registered,
+and our URL recognizer reads tldextract's bundled list (see pii_urls).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ SPACY_LABELS = (
 PRECEDENCE = (
     "secret",
     "email",
+    # A whole address, before the name or number inside it ("example.org/staff/anna-berg").
+    "url",
     "iban",
     "credit_card",
     "ssn",

@@ -22,6 +22,7 @@ from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, Reco
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer, SpacyRecognizer
 
 from finetune_trainer.data.pii_patterns import DETECTORS, Detector
+from finetune_trainer.data.pii_urls import WebAddressRecognizer
 
 # Scores: the default threshold is 0.5; CONTEXT_ONLY + Presidio's context boost (0.35) passes it.
 CERTAIN, STRONG, LIKELY, CONTEXT_ONLY = 0.95, 0.8, 0.65, 0.3
@@ -301,5 +302,6 @@ def build_recognizers() -> list[EntityRecognizer]:
         GroupPatternRecognizer("person", [_TITLED_NAME, _LABELLED_NAME, _NAME_BEFORE_ROLE], STRONG),
         GroupPatternRecognizer("location", [_CUED_PLACE], STRONG),
         GroupPatternRecognizer("phone", [_CUED_PHONE], STRONG),
+        WebAddressRecognizer(certain=CERTAIN, likely=LIKELY),
     ]
     return recognizers

@@ -30,6 +30,7 @@ from finetune_trainer.data.clean import Cleaned, clean_item, make_redactor
 from finetune_trainer.data.readers import RawRecord, SourceLineage, read_source
 
 ITEM, LINEAGE, FAILED = "item", "lineage", "failed"
+NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries its id as this label
 Batch = dict[str, Any]
 
 
@@ -76,7 +77,6 @@ class OnRayData:
     def _execute(self) -> Iterator[tuple[int, str, bytes]]:
         import ray
         import ray.data
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the determinism rests on this
@@ -84,7 +84,8 @@ class OnRayData:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         here = ray.get_runtime_context().get_node_id()
         count = len(self.sources)
-        dataset = ray.data.from_items([{"source": i} for i in range(count)])
+        # Any: Ray types a UDF's batch as the union of every batch format it could pick.
+        dataset: Any = ray.data.from_items([{"source": i} for i in range(count)])
         dataset = dataset.map_batches(
             read_sources,
             batch_size=1,
@@ -96,7 +97,7 @@ class OnRayData:
             # No CPU of its own: reading is light, and the actors may hold every CPU. Being
             # unlike the actors also keeps Ray Data from fusing reading into them.
             num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            label_selector={NODE_ID_LABEL: here},
         )
         dataset = dataset.map_batches(
             CleanWorker,
@@ -108,6 +109,7 @@ class OnRayData:
             },
             compute=ray.data.ActorPoolStrategy(size=self.workers),
             num_cpus=1,
+            udf_modifying_row_count=False,
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             yield from zip(

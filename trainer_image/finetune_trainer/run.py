@@ -156,8 +156,8 @@ def prepare_data(plan: RunPlan) -> RunData:
     from finetune_trainer.data.engines import workers_from_env
     from finetune_trainer.rows import tokenize_splits
 
-    # Cleaning and redaction run on Ray Data, so Ray is up (started here, locally) first.
-    workers = workers_from_env()
+    # Redaction runs on Ray Data, so Ray is up (started here, locally) first.
+    workers = workers_from_env(redact=plan.spec.dataset.cleaning.redact_pii)
     prepared = prepare_records(plan.spec, base_dir=plan.base_dir, workers=workers)
     splits = tokenize_splits(prepared, plan.spec, plan.model_dir)
     records = {"train": prepared.train, "validation": prepared.validation}

@@ -19,6 +19,13 @@ def test_zero_workers_keeps_the_stage_in_the_driver_without_starting_ray(monkeyp
     assert isinstance(make_engine([], spec.dataset.cleaning, None, workers=None), InDriver)
 
 
+def test_unset_and_without_redaction_the_driver_cleans_without_starting_ray(monkeypatch):
+    import ray
+
+    monkeypatch.delenv("FINETUNE_DATA_WORKERS")
+    assert workers_from_env(redact=False) is None and not ray.is_initialized()
+
+
 @pytest.mark.parametrize("value", ["two", "-1", "1.5"])
 def test_a_bad_worker_count_is_refused_naming_the_variable(monkeypatch, value):
     monkeypatch.setenv("FINETUNE_DATA_WORKERS", value)

@@ -46,7 +46,7 @@ def _prepare(job_path: Path, output_dir: Path) -> dict[str, Any]:
     )
     # On Ray Data like `finetune run` (joining RAY_ADDRESS's cluster, else starting a local
     # instance), unless FINETUNE_DATA_WORKERS=0 keeps it in this process.
-    workers = workers_from_env()
+    workers = workers_from_env(redact=job.spec.dataset.cleaning.redact_pii)
     report = stream_prepared(job.spec, output_dir, base_dir=base_dir, workers=workers)
     tokenizer, note = tokenizer_for_stats(job.spec, base_dir=base_dir)
     add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)

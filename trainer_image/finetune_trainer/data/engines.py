@@ -91,10 +91,15 @@ def make_engine(
     return OnRayData(sources, cleaning, base_dir, workers=workers, block_records=block_records)
 
 
-def workers_from_env() -> int | None:
+def workers_from_env(*, redact: bool = True) -> int | None:
     """How many Ray Data workers clean the data: FINETUNE_DATA_WORKERS, or one per CPU of
-    the Ray cluster (joined or started here); None means in the driver, without Ray."""
+    the Ray cluster (joined or started here); None means in the driver, without Ray.
+
+    Unset and without redaction it is the driver: shipping each record to an actor and back
+    costs more than checking and normalising it there (see bench/data_stage_scale.py)."""
     value = os.environ.get(WORKERS_ENV, "").strip()
+    if not value and not redact:
+        return None
     if value:
         try:
             wanted = int(value)

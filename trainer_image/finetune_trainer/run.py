@@ -2,8 +2,8 @@
 
 `_run` reads like a table of contents; each step is one function below it, and the work
 itself lives in its own module. Locally it starts a small Ray instance once the input is
-known good; inside a RayJob (RAY_ADDRESS set) it joins that cluster first, because the
-cluster's resources decide the worker layout.
+known good, before the data stage (which runs on Ray Data); inside a RayJob (RAY_ADDRESS
+set) it joins that cluster first, because the cluster's resources decide the worker layout.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class RunPlan:
     out: Output
     workers: layout.WorkerLayout
     model_dir: Path  # the base model's folder (downloaded when remote)
-    local: bool  # no RayJob around us: Ray starts here, after the data is prepared
+    local: bool  # no RayJob around us: Ray starts here, after planning, before the data
     fresh: bool = False  # --fresh: move this run's old checkpoints aside instead of resuming
 
     @property
@@ -154,9 +154,12 @@ def prepare_data(plan: RunPlan) -> RunData:
     """Clean, split and tokenise the records; refuse checkpoints another job made; write
     the splits and data_report.json."""
     from finetune_trainer.data import prepare_records, write_prepared
+    from finetune_trainer.data.engines import workers_from_env
     from finetune_trainer.rows import tokenize_splits
 
-    prepared = prepare_records(plan.spec, base_dir=plan.base_dir)
+    # Redaction runs on Ray Data, so Ray is up (started here, locally) first.
+    workers = workers_from_env(redact=plan.spec.dataset.cleaning.redact_pii)
+    prepared = prepare_records(plan.spec, base_dir=plan.base_dir, workers=workers)
     splits = tokenize_splits(prepared, plan.spec, plan.model_dir)
     records = {"train": prepared.train, "validation": prepared.validation}
     run_lineage = lineage.lineage_of(plan.spec, records, plan.workers.world_size)

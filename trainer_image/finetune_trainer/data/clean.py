@@ -1,6 +1,8 @@
 """The cleaning stage: raw items in, checked, normalised, redacted records out.
 
-Every item read is accounted for in the report: malformed (with file and line), too
+Two halves, so that the expensive one can run anywhere: `clean_item` judges and redacts
+one item on its own (in this process, or on a Ray Data worker), and `account` counts
+what became of every item, in order, on the driver: malformed (with file and line), too
 short, or passed on. Deduplication and splitting happen after this, in the pipeline.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator import api
@@ -20,6 +23,42 @@ from finetune_trainer.data.report import DataReport
 from finetune_trainer.errors import DataError
 
 
+@dataclass
+class Cleaned:
+    """What cleaning made of one raw item: a record with its redactions, or why it went."""
+
+    origin: str
+    line: int
+    record: dict[str, Any] | None = None
+    redactions: Counter[str] = field(default_factory=Counter)
+    malformed: str | None = None  # why the item is not a record of its format
+    too_short: bool = False
+
+
+def make_redactor(cleaning: api.CleaningSpec) -> Redactor | None:
+    """The job's redactor (loads the NER model: build one per process and reuse it)."""
+    return Redactor(cleaning.pii) if cleaning.redact_pii else None
+
+
+def clean_item(
+    item: RawRecord, fmt: str, cleaning: api.CleaningSpec, redactor: Redactor | None
+) -> Cleaned:
+    """Check, normalise and redact one item; depends on nothing but the item and settings."""
+    try:
+        if item.error:
+            raise MalformedRecord(item.error)
+        record = check_record(item.value, fmt)
+    except MalformedRecord as error:
+        return Cleaned(item.origin, item.line, malformed=str(error))
+    record = map_texts(record, fmt, normalize_text)
+    redactions: Counter[str] = Counter()
+    if redactor is not None:
+        record, redactions = redactor.redact_record(record, fmt)
+    if visible_length(record, fmt) < max(cleaning.min_chars, 1):
+        return Cleaned(item.origin, item.line, too_short=True)
+    return Cleaned(item.origin, item.line, record, redactions)
+
+
 def clean_records(
     items: Iterable[RawRecord],
     fmt: str,
@@ -28,32 +67,32 @@ def clean_records(
     *,
     source: str,
 ) -> Iterator[tuple[dict[str, Any], Counter[str]]]:
-    """Checked and cleaned records of one source, each with its PII redactions by kind;
-    fails when too many of its items are bad."""
-    redactor = Redactor(cleaning.pii) if cleaning.redact_pii else None
+    """Checked and cleaned records of one source, in this process (see `account`)."""
+    redactor = make_redactor(cleaning)
+    cleaned = (clean_item(item, fmt, cleaning, redactor) for item in items)
+    return account(cleaned, cleaning, report, source=source)
+
+
+def account(
+    cleaned: Iterable[Cleaned], cleaning: api.CleaningSpec, report: DataReport, *, source: str
+) -> Iterator[tuple[dict[str, Any], Counter[str]]]:
+    """The kept records of one source, each with its PII redactions by kind, counting the
+    rest in the report; fails when too many of its items are bad."""
     read = malformed = 0
     first_bad: list[str] = []
-    for item in items:
+    for item in cleaned:
         read += 1
         report.records_read += 1
-        try:
-            if item.error:
-                raise MalformedRecord(item.error)
-            record = check_record(item.value, fmt)
-        except MalformedRecord as error:
+        if item.malformed is not None:
             malformed += 1
-            report.add_malformed(item.origin, item.line, str(error))
+            report.add_malformed(item.origin, item.line, item.malformed)
             if len(first_bad) < 5:
-                first_bad.append(f"{item.origin}:{item.line} ({error})")
+                first_bad.append(f"{item.origin}:{item.line} ({item.malformed})")
             continue
-        record = map_texts(record, fmt, normalize_text)
-        redactions: Counter[str] = Counter()
-        if redactor is not None:
-            record, redactions = redactor.redact_record(record, fmt)
-        if visible_length(record, fmt) < max(cleaning.min_chars, 1):
+        if item.too_short or item.record is None:
             report.too_short_removed += 1
             continue
-        yield record, redactions
+        yield item.record, item.redactions
     if read == 0:
         raise DataError(f"{source}: no records")
     if malformed / read > cleaning.max_malformed_fraction:

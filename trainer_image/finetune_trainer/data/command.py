@@ -12,6 +12,7 @@ from finetune_operator.errors import UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import storage
+from finetune_trainer.data.engines import workers_from_env
 from finetune_trainer.data.packing import token_stats
 from finetune_trainer.data.pipeline import stream_prepared, write_report
 from finetune_trainer.data.report import summary_lines
@@ -43,7 +44,10 @@ def _prepare(job_path: Path, output_dir: Path) -> dict[str, Any]:
     check_output_clear_of_sources(
         str(output_dir.resolve()), job.spec, base_dir=base_dir, what="--output"
     )
-    report = stream_prepared(job.spec, output_dir, base_dir=base_dir)
+    # On Ray Data like `finetune run` (joining RAY_ADDRESS's cluster, else starting a local
+    # instance), unless FINETUNE_DATA_WORKERS=0 keeps it in this process.
+    workers = workers_from_env(redact=job.spec.dataset.cleaning.redact_pii)
+    report = stream_prepared(job.spec, output_dir, base_dir=base_dir, workers=workers)
     tokenizer, note = tokenizer_for_stats(job.spec, base_dir=base_dir)
     add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
     write_report(report, output_dir)

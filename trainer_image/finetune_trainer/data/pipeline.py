@@ -1,5 +1,10 @@
 """The data stage from sources to split records: read → clean → dedup → split → mix → leakage.
 
+Where the per-record work (read, check, normalise, redact) runs is the engine's business
+(see engines.py): in this process, or on Ray Data across the cluster's CPUs. The global
+decisions (dedup, split, mix, leakage) are made here, on the records in source order, so
+the result is the same wherever the cleaning ran.
+
 Memory: records stream through every stage; what grows with the data set is a fixed-size
 digest per record (dedup, leakage) and, for replay mixing, the records drawn from the
 mix source. Where the records end up is the sink's business: `stream_prepared` (used by
@@ -22,11 +27,12 @@ from typing import Any
 from finetune_operator import api
 
 from finetune_trainer import storage
-from finetune_trainer.data.clean import clean_records
+from finetune_trainer.data.clean import account
 from finetune_trainer.data.dedup import make_deduplicator
+from finetune_trainer.data.engines import DEFAULT_BLOCK_RECORDS, Engine, Running, make_engine
 from finetune_trainer.data.formats import Record, can_convert, content_text, convert
 from finetune_trainer.data.leakage import LeakageIndex
-from finetune_trainer.data.readers import SourceLineage, read_source
+from finetune_trainer.data.readers import SourceLineage
 from finetune_trainer.data.report import DataReport
 from finetune_trainer.data.sinks import SPLITS, JsonlSink, ListSink
 from finetune_trainer.data.split import TEST, TRAIN, VALIDATION, split_of
@@ -42,15 +48,31 @@ class PreparedData:
     report: dict[str, Any]
 
 
-def prepare_records(spec: api.FineTuneJobSpec, *, base_dir: Path | None = None) -> PreparedData:
-    """Cleaned, deduplicated, split and mixed records of a job, with their data report."""
+def prepare_records(
+    spec: api.FineTuneJobSpec,
+    *,
+    base_dir: Path | None = None,
+    workers: int | None = None,
+    block_records: int = DEFAULT_BLOCK_RECORDS,
+) -> PreparedData:
+    """Cleaned, deduplicated, split and mixed records of a job, with their data report.
+
+    workers: None cleans in this process; N cleans on Ray Data with N actors (Ray must be
+    up). block_records: records per Ray Data block. Neither changes the result."""
     sink = ListSink()
-    report = run_data_stage(spec, sink, base_dir=base_dir)
+    report = run_data_stage(
+        spec, sink, base_dir=base_dir, workers=workers, block_records=block_records
+    )
     return PreparedData(**sink.splits, format=report["format"], report=report)
 
 
 def stream_prepared(
-    spec: api.FineTuneJobSpec, out_dir: Path, *, base_dir: Path | None = None
+    spec: api.FineTuneJobSpec,
+    out_dir: Path,
+    *,
+    base_dir: Path | None = None,
+    workers: int | None = None,
+    block_records: int = DEFAULT_BLOCK_RECORDS,
 ) -> dict[str, Any]:
     """The data stage written straight to DIR/<split>.jsonl, never holding the records.
 
@@ -61,7 +83,9 @@ def stream_prepared(
         sink = JsonlSink(out_dir)
         committed = False
         try:
-            report = run_data_stage(spec, sink, base_dir=base_dir)
+            report = run_data_stage(
+                spec, sink, base_dir=base_dir, workers=workers, block_records=block_records
+            )
             sink.commit()
             committed = True
         finally:
@@ -71,15 +95,42 @@ def stream_prepared(
 
 
 def run_data_stage(
-    spec: api.FineTuneJobSpec, sink: ListSink | JsonlSink, *, base_dir: Path | None = None
+    spec: api.FineTuneJobSpec,
+    sink: ListSink | JsonlSink,
+    *,
+    base_dir: Path | None = None,
+    workers: int | None = None,
+    block_records: int = DEFAULT_BLOCK_RECORDS,
 ) -> dict[str, Any]:
     """Read → clean → dedup → split → mix → leakage, records into sink; returns the report."""
+    _check_formats(spec.dataset)
+    sources = sources_in_read_order(spec.dataset)
+    engine = make_engine(
+        sources, spec.dataset.cleaning, base_dir, workers=workers, block_records=block_records
+    )
+    with Running(engine):
+        return _run_stage(spec, sink, engine)
+
+
+def sources_in_read_order(dataset: api.DatasetSpec) -> list[tuple[str, api.DataSource]]:
+    """(role, source) in the order the stage reads them: train, validation, test, mix."""
+    named: list[tuple[str, api.DataSource | None]] = [
+        (TRAIN, dataset.train),
+        (VALIDATION, dataset.validation),
+        (TEST, dataset.test),
+    ]
+    named += [(f"mix[{index}]", source) for index, source in enumerate(dataset.mix)]
+    return [(role, source) for role, source in named if source is not None]
+
+
+def _run_stage(
+    spec: api.FineTuneJobSpec, sink: ListSink | JsonlSink, engine: Engine
+) -> dict[str, Any]:
     dataset = spec.dataset
     fmt = dataset.train.format
     seed = spec.hyperparameters.seed
-    _check_formats(dataset)
     report = DataReport(format=fmt, seed=seed)
-    stage = _Stage(dataset.cleaning, report, fmt, base_dir)
+    stage = _Stage(dataset.cleaning, report, fmt, engine)
     leakage = LeakageIndex() if dataset.cleaning.remove_leakage else None
 
     validation_fraction = 0.0 if dataset.validation else dataset.validation_split
@@ -150,21 +201,21 @@ def _remove_leakage(
 
 
 class _Stage:
-    """Reads one source at a time through cleaning and its own deduplication."""
+    """Takes one source at a time, in read order, through cleaning and its own dedup."""
 
     def __init__(
-        self, cleaning: api.CleaningSpec, report: DataReport, fmt: str, base_dir: Path | None
+        self, cleaning: api.CleaningSpec, report: DataReport, fmt: str, engine: Engine
     ) -> None:
-        self.cleaning, self.report, self.fmt, self.base_dir = cleaning, report, fmt, base_dir
+        self.cleaning, self.report, self.fmt, self.engine = cleaning, report, fmt, engine
+        self.next_index = 0  # sources come in the order of sources_in_read_order
 
     def records(self, source: api.DataSource, role: str) -> Iterator[tuple[Record, Counter[str]]]:
         lineage = SourceLineage(role=role, source=source.source, format=source.format)
         self.report.sources.append(lineage)
-        items = read_source(source.source, lineage, split=source.split, base_dir=self.base_dir)
+        index, self.next_index = self.next_index, self.next_index + 1
         dedup = make_deduplicator(self.cleaning.dedup, self.cleaning.near_dedup_threshold)
-        cleaned = clean_records(
-            items, source.format, self.cleaning, self.report, source=source.source
-        )
+        items = self.engine.cleaned(index, source, lineage)
+        cleaned = account(items, self.cleaning, self.report, source=source.source)
         for record, redactions in cleaned:
             if dedup.is_duplicate(content_text(record, source.format)):
                 self.report.duplicates_removed += 1

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_trainer import evaluate, loop
+from finetune_trainer.engine import build_engine
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.model import load_tokenizer
+from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
 
 from tests.factories import MakeJob
@@ -27,7 +29,7 @@ def engine_for(workspace: Path, method: str, total_steps: int):
     ).typed_spec()  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
     config = build_deepspeed_config(spec, world_size=1, precision="fp32")
-    engine, _ = loop._build_engine(spec, total_steps, workspace / "model", config, "fp32")
+    engine, _ = build_engine(spec, total_steps, workspace / "model", config, "fp32")
     return spec, splits, engine
 
 
@@ -38,11 +40,10 @@ def train_steps(spec, splits, engine, steps: int, pad: int) -> list[float]:
             splits.rows["train"], step, seed=spec.hyperparameters.seed,
             steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
         )  # fmt: skip
-        loss, tokens, loss_tokens = loop._optimizer_step(
-            engine, micro, pad, torch.device("cpu"), torch.float32
-        )
-        assert tokens > loss_tokens > 0
-        losses.append(loss)
+        host = collate_step(micro, pad, torch.float32, pin=False)
+        loss, tokens, loss_tokens = loop._optimizer_step(engine, host, torch.device("cpu"))
+        assert tokens.item() > loss_tokens.item() > 0
+        losses.append(loss.item())
     return losses
 
 
@@ -108,7 +109,7 @@ def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, singl
     assert (worker.batch.micro_batch_size, worker.batch.accumulation_steps) == (2, 2)
     rows = []
     while worker.steps_left():
-        rows.append(worker.train_step() | worker.evaluate_if_due())
+        rows.append(worker.train_step().read() | worker.evaluate_if_due())
         assert worker.checkpoint_due(stop=False) == (worker.state.step == 2)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and "eval_loss" in r for r in rows)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,7 @@ from finetune_operator import api
 
 from finetune_trainer import artifacts, checkpoints, evaluate
 from finetune_trainer.batches import forward_sums, micro_batches_for_step
+from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
     BatchPlan,
     build_deepspeed_config,
@@ -48,8 +49,9 @@ PEAK_FLOPS = {
     "L4": 121e12,
     "A10": 125e12,
 }
-# Rows of the data the driver puts in Ray's object store: train, validation, test, generation.
-Rows = dict[str, list[Any]]
+# A rank's data from the driver: its training rows (shards.RankRows), and the validation
+# and test rows and generation samples whole.
+Rows = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class WorkerSetup:
     base_dir: Path  # the job file's folder: relative sources resolve against it
     total_steps: int
     steps_per_epoch: int
-    data: Any  # ray ObjectRef of Rows
+    data: list[Any]  # per rank, a ray ObjectRef of its Rows (shards.split_for_ranks)
     tracker: Any  # ProgressTracker actor handle
     output_dir: Path  # where rank 0 writes adapter/ and model/ (local, or staging for s3)
     stop_at_step: int | None = None  # test hook: stop as if Ctrl-C came during this step
@@ -132,7 +134,8 @@ class Worker:
         rank, world = context.get_world_rank(), context.get_world_size()
         device = _device()
         torch.manual_seed(config.spec.hyperparameters.seed)
-        worker = cls.build(config, ray.get(config.data), rank=rank, world=world, device=device)
+        data = ray.get(config.data[rank])
+        worker = cls.build(config, data, rank=rank, world=world, device=device)
         worker.attempt = checkpoints.this_attempt(rank, world)
         restored, unrecorded = checkpoints.restore_latest(worker.engine, rank=rank)
         worker.resume(restored)
@@ -260,7 +263,8 @@ class Worker:
         """Step `step`'s micro batches of this rank, collated on the host (prefetch thread)."""
         hp = self.spec.hyperparameters
         micro_batches = micro_batches_for_step(
-            self.data["train"],
+            # Only len() and indexing are used: a rank's RankRows serve as all rows.
+            cast(list[Row], self.data["train"]),
             step,
             seed=hp.seed,
             steps_per_epoch=self.config.steps_per_epoch,

@@ -84,9 +84,13 @@ def estimate_memory(
     weights = shape.parameters * weight_bytes / (world if zero_stage >= 3 else 1)
     gradients = trained * act_bytes / (world if zero_stage >= 2 else 1)
     optimizer = trained * optimizer_bytes / (world if zero_stage >= 1 else 1)
-    per_layer = tokens * act_bytes * (
-        ACTIVATION_VALUES_PER_HIDDEN * shape.hidden
-        + ACTIVATION_VALUES_PER_INTERMEDIATE * shape.intermediate
+    per_layer = (
+        tokens
+        * act_bytes
+        * (
+            ACTIVATION_VALUES_PER_HIDDEN * shape.hidden
+            + ACTIVATION_VALUES_PER_INTERMEDIATE * shape.intermediate
+        )
     )
     logits = tokens * shape.vocab * (act_bytes + 4 + 4)
     return MemoryEstimate(

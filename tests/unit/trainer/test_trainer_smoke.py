@@ -89,7 +89,17 @@ def test_generation_metrics_score_partial_answers_between_the_extremes():
     assert 0.0 < scores["bleu"] < 100.0
 
 
-def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, single_process_group):
+def spy(function, calls: list):
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return recorded
+
+
+def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(
+    workspace, single_process_group, monkeypatch
+):
     """The worker's setup seam: build → train_step/evaluate_if_due → final_metrics, in-process."""
     spec = (
         MakeJob.trainer()
@@ -114,8 +124,37 @@ def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, singl
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and "eval_loss" in r for r in rows)
     assert worker.engine.global_steps == 2
+    passes = []
+    monkeypatch.setattr(evaluate, "evaluate_losses", spy(evaluate.evaluate_losses, passes))
     metrics = worker.final_metrics()
+    # The last step's evaluation pass (validation and test together) is the final one.
+    assert passes == []
+    assert metrics["eval_loss"] == rows[-1]["eval_loss"]
     assert metrics["train_loss"] == pytest.approx(sum(r["loss"] for r in rows) / 2)
     assert metrics["steps"] == 2 and metrics["stopped_early"] is False
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
     assert {"eval_loss", "eval_perplexity", "test_loss", "test_accuracy"} <= set(metrics)
+
+
+def test_prefetched_steps_see_the_same_batches_and_give_the_same_losses(
+    workspace, single_process_group
+):
+    """The worker collates each step ahead on a thread; a plain in-order loop over the same
+    steps (collate, then step) gives exactly the same losses."""
+    spec = MakeJob.trainer().spec(
+        hyperparameters={"batchSize": 4, "microBatchSize": 2, "maxSteps": 3, "learningRate": 3e-3},
+    ).typed_spec()  # fmt: skip
+    splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
+    setup = loop.WorkerSetup(
+        spec=spec, base_dir=workspace, total_steps=3, steps_per_epoch=splits.steps_per_epoch,
+        data=None, tracker=None, output_dir=workspace / "out",
+    )  # fmt: skip
+    torch.manual_seed(7)
+    worker = loop.Worker.build(setup, splits.rows, rank=0, world=1, device=torch.device("cpu"))
+    prefetched = [worker.train_step().read()["loss"] for _ in range(3)]
+    worker.close()
+    torch.manual_seed(7)
+    config = build_deepspeed_config(spec, world_size=1, precision="fp32")
+    engine, _ = build_engine(spec, 3, workspace / "model", config, "fp32")
+    pad = load_tokenizer(workspace / "model", spec.model).pad_token_id
+    assert prefetched == train_steps(spec, splits, engine, 3, pad)

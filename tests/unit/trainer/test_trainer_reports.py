@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-
 from finetune_trainer import history, reports, upload
 from finetune_trainer.model_card import model_card
 

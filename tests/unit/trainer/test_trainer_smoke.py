@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_trainer import evaluate, loop
-from finetune_trainer.engine import build_engine
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
+from finetune_trainer.engine import build_engine
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits

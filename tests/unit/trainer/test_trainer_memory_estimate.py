@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
+from finetune_operator import api, validation
 from finetune_trainer.memory_estimate import (
     ModelShape,
     estimate_memory,
     resolve_checkpointing,
 )
 from transformers import GPT2Config, LlamaConfig
+
+from tests.factories import MakeJob
 
 GIB = 2**30
 LLAMA_8B = ModelShape(layers=32, hidden=4096, intermediate=14336, vocab=128_256,
@@ -83,3 +87,26 @@ def test_shapes_come_from_llama_and_gpt2_configs():
     gpt2 = GPT2Config(n_embd=32, n_layer=2, vocab_size=100)
     assert ModelShape.of(gpt2, 10) == ModelShape(2, 32, 128, 100, 10)
     assert ModelShape.of(object(), 10) is None
+
+
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_the_field_takes_true_false_or_auto_at_admission_and_in_the_operator(value):
+    job = MakeJob().set("spec.hyperparameters.gradientCheckpointing", value).obj()
+    parsed = api.FineTuneJob.model_validate(job)
+    assert parsed.spec.hyperparameters.gradient_checkpointing == value
+    assert validation.cel_problems(validation._as_admitted(parsed)) == []
+
+
+@pytest.mark.parametrize("value", ["sometimes", 3])
+def test_anything_else_is_refused_at_admission_and_in_the_operator(value):
+    job = MakeJob().set("spec.hyperparameters.gradientCheckpointing", value).obj()
+    with pytest.raises(pydantic.ValidationError, match="gradientCheckpointing"):
+        api.FineTuneJob.model_validate(job)
+    admitted = validation._as_admitted(api.FineTuneJob.model_validate(MakeJob().obj()))
+    admitted["spec"]["hyperparameters"]["gradientCheckpointing"] = value
+    problems = validation.cel_problems(admitted)
+    assert [p.path for p in problems] == ["spec.hyperparameters.gradientCheckpointing"]
+
+
+def test_auto_is_the_default():
+    assert MakeJob().typed_spec().hyperparameters.gradient_checkpointing == "auto"

@@ -124,6 +124,7 @@ def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and "eval_loss" in r for r in rows)
     assert worker.engine.global_steps == 2
+    assert not worker.engine.is_compiled  # torchCompile is off by default
     passes = []
     monkeypatch.setattr(evaluate, "evaluate_losses", spy(evaluate.evaluate_losses, passes))
     metrics = worker.final_metrics()
@@ -158,3 +159,11 @@ def test_prefetched_steps_see_the_same_batches_and_give_the_same_losses(
     engine, _ = build_engine(spec, 3, workspace / "model", config, "fp32")
     pad = load_tokenizer(workspace / "model", spec.model).pad_token_id
     assert prefetched == train_steps(spec, splits, engine, 3, pad)
+
+
+def test_torch_compile_compiles_the_engines_module(workspace, single_process_group):
+    spec = MakeJob.trainer().spec(hyperparameters={"batchSize": 4, "torchCompile": True})
+    typed = spec.typed_spec()
+    config = build_deepspeed_config(typed, world_size=1, precision="fp32")
+    engine, _ = build_engine(typed, 1, workspace / "model", config, "fp32")
+    assert engine.is_compiled  # compiled lazily, at the first forward pass

@@ -193,7 +193,10 @@ def baseline_run(config: dict[str, Any]) -> int:
     )
     examples = []
     for line in Path(config["data"]).read_text(encoding="utf-8").splitlines():
-        messages = json.loads(line)["messages"]
+        try:
+            messages = json.loads(line)["messages"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the quickstart data holds a few malformed lines; ours drops them too
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         ids = tokenizer(text, truncation=True, max_length=config["max_seq_length"])["input_ids"]
         examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids})

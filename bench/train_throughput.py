@@ -207,7 +207,6 @@ def baseline_run(config: dict[str, Any]) -> int:
         max_steps=config["max_steps"],
         learning_rate=LEARNING_RATE,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.03,
         seed=SEED,
         use_cpu=True,
         save_strategy="no",

@@ -200,6 +200,8 @@ def baseline_run(config: dict[str, Any]) -> int:
             messages = json.loads(line)["messages"]
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # the quickstart data holds a few malformed lines; ours drops them too
+        if not well_formed(messages):
+            continue
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         ids = tokenizer(text, truncation=True, max_length=config["max_seq_length"])["input_ids"]
         examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids})
@@ -227,6 +229,18 @@ def baseline_run(config: dict[str, Any]) -> int:
     result = {"steps": steps, "tokens": tokens}
     (Path(config["output"]) / "result.json").write_text(json.dumps(result), encoding="utf-8")
     return 0
+
+
+def well_formed(messages: Any) -> bool:
+    roles = ("system", "user", "assistant")
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(
+            isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--records", type=int, default=600)
     parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--hidden-size", type=int, default=768)
     parser.add_argument("--baseline-run", type=Path, help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args()
     if args.baseline_run:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 from finetune_operator import kube_values
@@ -356,8 +356,31 @@ class Hyperparameters(ApiModel):
     max_grad_norm: float = Field(
         1.0, description="Gradient clipping norm; 0 turns clipping off.", ge=0
     )
-    gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in backward to save memory."
+    gradient_checkpointing: Annotated[
+        bool | Literal["auto"],
+        # true, false or "auto": a structural schema has no bool-or-string type, so the
+        # field is left untyped and its CEL rule admits only those three.
+        WithJsonSchema(
+            {
+                "x-kubernetes-preserve-unknown-fields": True,
+                "x-kubernetes-validations": [
+                    cel(
+                        "type(self) == bool || (type(self) == string && self == 'auto')",
+                        "must be true, false or auto",
+                    )
+                ],
+            }
+        ),
+    ] = Field(
+        "auto",
+        description="Recompute activations in backward to save memory (about a third more "
+        "compute). auto: on only when the trainer's memory estimate says the activations "
+        "would not fit on the device otherwise.",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile: faster steps on GPUs after a "
+        "compilation of a minute or more at the start of each run.",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",

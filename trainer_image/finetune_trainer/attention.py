@@ -61,6 +61,13 @@ class PackedDocuments:
         )
         return cls(lengths, cu_seqlens, ids.view(len(lengths), length), max(flat))
 
+    def pin_memory(self) -> PackedDocuments:
+        return replace(
+            self,
+            cu_seqlens=self.cu_seqlens.pin_memory(),
+            document_ids=self.document_ids.pin_memory(),
+        )
+
     def to(self, device: torch.device, *, non_blocking: bool = False) -> PackedDocuments:
         return replace(
             self,

@@ -74,14 +74,16 @@ def resolve_precision(
 
 
 def build_deepspeed_config(
-    spec: api.FineTuneJobSpec, *, world_size: int, precision: str
+    spec: api.FineTuneJobSpec, *, world_size: int, precision: str, cuda: bool = False
 ) -> dict[str, Any]:
     """DeepSpeed's JSON config for `spec` on `world_size` ranks in `precision` (fp32/bf16/fp16)."""
     hp, ds = spec.hyperparameters, spec.deepspeed
     batch = plan_batch(hp.batch_size, world_size, hp.micro_batch_size)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 2:
-        zero |= {"overlap_comm": False, "contiguous_gradients": True}
+        # On GPUs the gradient reduction runs on its own CUDA stream while backward goes on;
+        # the CPU accelerator has no streams to overlap on.
+        zero |= {"overlap_comm": cuda, "contiguous_gradients": True}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if ds.offload_params:
@@ -97,7 +99,7 @@ def build_deepspeed_config(
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        # We pass our own torch AdamW (DeepSpeed's fused Adam needs CUDA kernels).
+        # We pass our own torch AdamW (see adamw_options; DeepSpeed's needs compiled kernels).
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -114,3 +116,11 @@ def build_deepspeed_config(
             },
         }
     return config
+
+
+def adamw_options(hp: api.Hyperparameters, *, cuda: bool) -> dict[str, Any]:
+    """Keyword arguments of our torch AdamW: fused into one kernel per step on CUDA (what
+    peers default to), torch's loop on CPU, where no fused kernel exists."""
+    return {"lr": hp.learning_rate, "weight_decay": hp.weight_decay} | (
+        {"fused": True} if cuda else {}
+    )

@@ -13,17 +13,17 @@ import torch
 import torch.distributed as dist
 from finetune_operator import api
 
-from finetune_trainer.batches import collate, forward_sums, shard_for_eval, to_device
+from finetune_trainer.batches import collate, forward_sums, shard_for_eval
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.formats import Record
 from finetune_trainer.data.packing import Row
 from finetune_trainer.data.tokenize import IGNORE_INDEX
+from finetune_trainer.prefetch import ahead, pin_batch, to_device_async
 
 GENERATION_METRICS = ("exact_match", "bleu", "rouge")
 MAX_NEW_TOKENS = 256
 
 
-@torch.no_grad()
 def evaluate_loss(
     model: Any,
     rows: list[Row],
@@ -34,21 +34,54 @@ def evaluate_loss(
     dtype: torch.dtype,
 ) -> dict[str, float]:
     """Mean token loss, perplexity and next-token accuracy over `rows` on all ranks."""
+    return evaluate_losses(
+        model, {"rows": rows}, micro=micro, pad_token_id=pad_token_id, device=device, dtype=dtype
+    )["rows"]
+
+
+@torch.no_grad()
+def evaluate_losses(
+    model: Any,
+    splits: dict[str, list[Row]],
+    *,
+    micro: int,
+    pad_token_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, dict[str, float]]:
+    """evaluate_loss for each split, in one pass with one all-reduce; {} for an empty split.
+
+    The sums stay on the device until the end; the next micro batch is collated on a
+    background thread meanwhile (prefetch.ahead)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
-    for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world):
+    totals = torch.zeros((len(splits), 3), dtype=torch.float64, device=device)
+    pin = device.type == "cuda"
+
+    def load(item: tuple[int, list[Row], list[Row] | None]) -> tuple[int, dict[str, Any], bool]:
+        index, rows, batch_rows = item
         # A rank with no rows left still runs a forward pass: ZeRO-3 gathers collectively.
-        batch = to_device(collate(batch_rows or rows[:1], pad_token_id, dtype), device)
-        loss_sum, tokens, correct, _ = forward_sums(model, batch)
-        if batch_rows is not None:
-            totals += torch.tensor(
-                [float(loss_sum), tokens, correct], dtype=torch.float64, device=device
-            )
+        batch = collate(batch_rows or rows[:1], pad_token_id, dtype)
+        return index, pin_batch(batch) if pin else batch, batch_rows is not None
+
+    work = [
+        (index, rows, batch_rows)
+        for index, rows in enumerate(splits.values())
+        for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world)
+    ]
+    for index, batch, counted in ahead(work, load):
+        loss_sum, tokens, correct, _ = forward_sums(model, to_device_async(batch, device))
+        if counted:
+            totals[index, 0] += loss_sum.detach().double()
+            totals[index, 1] += tokens
+            totals[index, 2] += correct
     dist.all_reduce(totals)
     model.train(was_training)
-    loss_sum, tokens, correct = totals.tolist()
+    return {name: _scores(*totals[i].tolist()) for i, name in enumerate(splits)}
+
+
+def _scores(loss_sum: float, tokens: float, correct: float) -> dict[str, float]:
     if tokens == 0:
         return {}
     loss = loss_sum / tokens

@@ -28,7 +28,7 @@ LINEAGE_FILE = "lineage.json"
 # how often they are saved. The data order depends only on the seed and the global batch
 # (batches.micro_batches_for_step), so the split into micro batches does not matter either.
 IGNORED = {
-    "hyperparameters": {"microBatchSize", "gradientCheckpointing"},
+    "hyperparameters": {"microBatchSize", "gradientCheckpointing", "torchCompile"},
     "evaluation": {"metrics", "maxGenerationSamples"},
     "deepspeed": {"offloadOptimizer", "offloadParams"},
 }

@@ -2,6 +2,12 @@
 
 `train_worker` is the table of contents. `Worker` holds one rank's state (engine, model,
 tokenizer, data, checkpointed state), built by `Worker.setup`; each method does one step.
+
+The device is kept fed: the next step's batches are collated on a background thread
+(prefetch.py), a step's loss and token counts stay on the device as tensors, and rank 0's
+reporter thread reads them and hands the row to the driver (reporter.py). The training
+thread waits for the device only where a number decides something: evaluations (early
+stopping) and checkpoints.
 """
 
 from __future__ import annotations
@@ -9,35 +15,31 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from finetune_operator import api
 
 from finetune_trainer import artifacts, checkpoints, evaluate
-from finetune_trainer.batches import collate, forward_sums, micro_batches_for_step, to_device
-from finetune_trainer.data.tokenize import IGNORE_INDEX
+from finetune_trainer.batches import forward_sums, micro_batches_for_step
+from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
     BatchPlan,
     build_deepspeed_config,
     plan_batch,
     resolve_precision,
 )
-from finetune_trainer.model import (
-    apply_method,
-    count_parameters,
-    load_base_model,
-    load_tokenizer,
-    resolve_model_dir,
-    use_fast_kernels,
-    use_loss_head,
-)
-from finetune_trainer.schedule import EarlyStopping, lr_multiplier, warmup_steps
+from finetune_trainer.engine import DTYPES, build_engine
+from finetune_trainer.model import count_parameters, load_tokenizer, resolve_model_dir
+from finetune_trainer.prefetch import HostBatches, ahead, collate_step
+from finetune_trainer.reporter import BackgroundReporter, PendingRow
+from finetune_trainer.reports import mfu
+from finetune_trainer.schedule import EarlyStopping
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Peak dense bf16 tensor FLOP/s per device, for the MFU estimate (unknown devices get none).
 PEAK_FLOPS = {
     "H100": 989e12,
@@ -47,8 +49,9 @@ PEAK_FLOPS = {
     "L4": 121e12,
     "A10": 125e12,
 }
-# Rows of the data the driver puts in Ray's object store: train, validation, test, generation.
-Rows = dict[str, list[Any]]
+# A rank's data from the driver: its training rows (shards.RankRows), and the validation
+# and test rows and generation samples whole.
+Rows = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -59,27 +62,31 @@ class WorkerSetup:
     base_dir: Path  # the job file's folder: relative sources resolve against it
     total_steps: int
     steps_per_epoch: int
-    data: Any  # ray ObjectRef of Rows
+    data: list[Any]  # per rank, a ray ObjectRef of its Rows (shards.split_for_ranks)
     tracker: Any  # ProgressTracker actor handle
     output_dir: Path  # where rank 0 writes adapter/ and model/ (local, or staging for s3)
+    stop_at_step: int | None = None  # test hook: stop as if Ctrl-C came during this step
 
 
 def train_worker(config: dict[str, WorkerSetup]) -> None:
     """Entry point of each Ray Train worker (Ray Train's train_loop_config is `config`)."""
     worker = Worker.setup(config["setup"])
-    stop = worker.evaluate_baseline()
-    while worker.steps_left() and not stop:
-        row = worker.train_step()
-        row |= worker.evaluate_if_due()
-        stop = worker.report(row)
-        if worker.checkpoint_due(stop):
-            worker.save_checkpoint(loss=row["loss"])
-    if stop:
-        return  # interrupted: the checkpoint just saved is where the next run resumes
-    worker.save_final_checkpoint()
-    metrics = worker.final_metrics()
-    worker.save_model()
-    worker.finished(metrics)
+    try:
+        stop = worker.evaluate_baseline()
+        while worker.steps_left() and not stop:
+            row = worker.train_step()
+            row.values |= worker.evaluate_if_due()
+            stop = worker.report(row)
+            if worker.checkpoint_due(stop):
+                worker.save_checkpoint(loss=float(row.values["loss"]))
+        if stop:
+            return  # interrupted: the checkpoint just saved is where the next run resumes
+        worker.save_final_checkpoint()
+        metrics = worker.final_metrics()
+        worker.save_model()
+        worker.finished(metrics)
+    finally:
+        worker.close()
 
 
 @dataclass
@@ -107,7 +114,13 @@ class Worker:
     # goes once `keep` newer checkpoints are saved, as Ray's own would.
     adopted_step: int | None = None
     saves: int = 0  # checkpoints saved by this attempt
-    last_train_losses: list[float] = field(default_factory=list)
+    last_train_losses: list[torch.Tensor] = field(default_factory=list)  # on the device
+    feed: Iterator[tuple[int, HostBatches]] | None = None  # started at the first step
+    reporter: BackgroundReporter | None = None  # rank 0 inside Ray Train
+    control_group: Any = None  # a gloo group for the stop flag when the default is NCCL
+    # Evaluation results of the current step: the last step's validation pass serves the
+    # final metrics too (same weights, same numbers), so it runs once.
+    evaluations: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def setup(cls, config: WorkerSetup) -> Worker:
@@ -121,7 +134,8 @@ class Worker:
         rank, world = context.get_world_rank(), context.get_world_size()
         device = _device()
         torch.manual_seed(config.spec.hyperparameters.seed)
-        worker = cls.build(config, ray.get(config.data), rank=rank, world=world, device=device)
+        data = ray.get(config.data[rank])
+        worker = cls.build(config, data, rank=rank, world=world, device=device)
         worker.attempt = checkpoints.this_attempt(rank, world)
         restored, unrecorded = checkpoints.restore_latest(worker.engine, rank=rank)
         worker.resume(restored)
@@ -129,6 +143,13 @@ class Worker:
             worker.adopted_step = restored.step
         if rank == 0:
             ray.get(config.tracker.started.remote(worker.state.step))
+            worker.reporter = BackgroundReporter(
+                send=lambda row: bool(ray.get(config.tracker.record.remote(row))),
+                finish=worker.finish_row,
+            )
+        if world > 1 and dist.get_backend() != "gloo":
+            # The stop flag is a host value: broadcasting it over gloo needs no device sync.
+            worker.control_group = dist.new_group(backend="gloo")
         return worker
 
     @classmethod
@@ -147,8 +168,15 @@ class Worker:
         )
         if note and rank == 0:
             print(f"note: {note}")
-        ds_config = build_deepspeed_config(spec, world_size=world, precision=precision)
-        engine, model = _build_engine(spec, config.total_steps, model_dir, ds_config, precision)
+        ds_config = build_deepspeed_config(
+            spec, world_size=world, precision=precision, cuda=torch.cuda.is_available()
+        )
+        notes: list[str] = []
+        engine, model = build_engine(
+            spec, config.total_steps, model_dir, ds_config, precision, notes=notes
+        )
+        for note in notes if rank == 0 else []:
+            print(f"note: {note}")
         hp = spec.hyperparameters
         trainable, total = count_parameters(model)
         worker = cls(
@@ -172,14 +200,25 @@ class Worker:
 
     def evaluate(self, split: str = "validation") -> dict[str, float]:
         """Loss, perplexity and accuracy on one split, over all ranks; {} when it is empty."""
-        return evaluate.evaluate_loss(
-            self.engine,
-            self.data[split],
-            micro=max(1, self.batch.micro_batch_size),
-            pad_token_id=self.tokenizer.pad_token_id,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        return self.evaluate_splits((split,))[split]
+
+    def evaluate_splits(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """evaluate() for several splits in one collective pass; a split already evaluated
+        at this step is not evaluated again."""
+        step = self.state.step
+        self.evaluations = {k: v for k, v in self.evaluations.items() if k[1] == step}
+        missing = [s for s in splits if (s, step) not in self.evaluations]
+        if missing:
+            results = evaluate.evaluate_losses(
+                self.engine,
+                {split: self.data[split] for split in missing},
+                micro=max(1, self.batch.micro_batch_size),
+                pad_token_id=self.tokenizer.pad_token_id,
+                device=self.device,
+                dtype=self.dtype,
+            )
+            self.evaluations |= {(split, step): results[split] for split in missing}
+        return {split: self.evaluations[split, step] for split in splits}
 
     def evaluate_baseline(self) -> bool:
         """At step 0, report the base model's validation loss; True when asked to stop."""
@@ -192,18 +231,41 @@ class Worker:
         if self.early is not None:
             self.early.update(baseline["loss"])
             self.state.early_stopping = self.early.state_dict()
-        return self.report(row)
+        return self.report(PendingRow(row, started=time.perf_counter()))
 
     def steps_left(self) -> bool:
         return self.state.step < self.config.total_steps and not self.state.stopped_early
 
-    def train_step(self) -> dict[str, Any]:
-        """One optimizer step over this rank's share of the global batch; its history row."""
+    def train_step(self) -> PendingRow:
+        """One optimizer step over this rank's share of the global batch; its history row,
+        whose loss and token counts are still tensors on the device."""
         started = time.perf_counter()
+        if self.feed is None:  # from the resumed step on, one step collated ahead
+            self.feed = ahead(range(self.state.step, self.config.total_steps), self.host_batches)
+        step, host = next(self.feed)
+        assert step == self.state.step, f"prefetched step {step}, training step {self.state.step}"
+        learning_rate = self.engine.get_lr()[0]  # the rate this step uses (read before it moves)
+        loss, tokens, loss_tokens = _optimizer_step(self.engine, host, self.device)
+        self.state.step += 1
+        self.last_train_losses = [*self.last_train_losses, loss][-10:]
+        values = {
+            "step": self.state.step,
+            "epoch": round(self.state.step / self.config.steps_per_epoch, 4),
+            "loss": loss,
+            "learning_rate": learning_rate,
+        }
+        # On CPU every operation has finished when it returns: the step is over now.
+        ready = None if self.device.type == "cuda" else time.perf_counter()
+        counts = {"tokens": tokens, "loss_tokens": loss_tokens}
+        return PendingRow(values, started=started, counts=counts, ready_at=ready)
+
+    def host_batches(self, step: int) -> tuple[int, HostBatches]:
+        """Step `step`'s micro batches of this rank, collated on the host (prefetch thread)."""
         hp = self.spec.hyperparameters
         micro_batches = micro_batches_for_step(
-            self.data["train"],
-            self.state.step,
+            # Only len() and indexing are used: a rank's RankRows serve as all rows.
+            cast(list[Row], self.data["train"]),
+            step,
             seed=hp.seed,
             steps_per_epoch=self.config.steps_per_epoch,
             global_batch=hp.batch_size,
@@ -211,30 +273,25 @@ class Worker:
             rank=self.rank,
             world_size=self.world,
         )
-        learning_rate = self.engine.get_lr()[0]  # the rate this step uses (read before it moves)
-        loss, tokens, loss_tokens = _optimizer_step(
-            self.engine, micro_batches, self.tokenizer.pad_token_id, self.device, self.dtype
+        pin = self.device.type == "cuda"
+        return step, collate_step(micro_batches, self.tokenizer.pad_token_id, self.dtype, pin=pin)
+
+    def finish_row(self, values: dict[str, Any]) -> dict[str, Any]:
+        """What a step's row gains once its tokens/s are known: MFU and memory on GPUs."""
+        return values | _gpu_row(
+            values["tokens_per_second"], self.trainable_params, self.total_params, self.world
         )
-        elapsed = time.perf_counter() - started
-        self.state.step += 1
-        self.last_train_losses = [*self.last_train_losses, loss][-10:]
-        row = {
-            "step": self.state.step,
-            "epoch": round(self.state.step / self.config.steps_per_epoch, 4),
-            "loss": loss,
-            "learning_rate": learning_rate,
-            "tokens_per_second": tokens / elapsed,
-            "loss_tokens_per_second": loss_tokens / elapsed,
-        }
-        return row | _gpu_row(tokens / elapsed, self.total_params, self.world)
 
     def evaluate_if_due(self) -> dict[str, Any]:
-        """Validation loss every evaluation.everySteps (else once an epoch) and at the end."""
+        """Validation loss every evaluation.everySteps (else once an epoch) and at the end;
+        at the last step the test split joins the same pass (the final metrics read both)."""
         step = self.state.step
         every = self.spec.evaluation.every_steps or self.config.steps_per_epoch
-        if step % every != 0 and step != self.config.total_steps:
+        last = step == self.config.total_steps
+        if step % every != 0 and not last:
             return {}
-        result = self.evaluate()
+        splits = ("validation", "test") if last and self.data["test"] else ("validation",)
+        result = self.evaluate_splits(splits)["validation"]
         if not result:
             return {}
         if self.early is not None:
@@ -244,9 +301,23 @@ class Worker:
         # The driver tells the operator, which posts an EarlyStopped Event.
         return row | ({"stopped_early": True} if self.state.stopped_early else {})
 
-    def report(self, row: dict[str, Any]) -> bool:
-        """Hand the row to the driver; True (on every rank) when the driver asked to stop."""
-        return _stop_requested(self.rank, self.config.tracker, row, self.device)
+    def report(self, row: PendingRow) -> bool:
+        """Queue the row for the driver; True (on every rank) when the run is to stop."""
+        if self.reporter is not None:
+            self.reporter.submit(row)
+        hook = self.config.stop_at_step
+        if hook is not None and self.state.step >= hook:
+            return True  # every rank knows the hook: no need to agree on it
+        asked = self.reporter is not None and self.reporter.stop_requested.is_set()
+        return self._agree(asked)
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's flag on every rank (a host-side broadcast, no device sync)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)])
+        dist.broadcast(value, src=0, group=self.control_group)
+        return bool(value.item())
 
     def checkpoint_due(self, stop: bool) -> bool:
         every = self.spec.checkpointing.every_steps
@@ -259,6 +330,8 @@ class Worker:
         checkpoints.save_and_report(self.engine, self.state, metrics, attempt=self.attempt)
         self.saved_step, self.saves = self.state.step, self.saves + 1
         if self.rank == 0:
+            if self.reporter is not None:
+                self.reporter.flush()  # the driver gets the step's row before its checkpoint
             self.config.tracker.checkpointed.remote(self.state.step)
             if self.adopted_step is not None and self.saves >= self.spec.checkpointing.keep:
                 checkpoints.run_storage().remove(self.adopted_step)
@@ -271,7 +344,7 @@ class Worker:
 
     def final_metrics(self) -> dict[str, Any]:
         """Training loss (mean of the last 10 steps), counts, and the final evaluation."""
-        losses = self.last_train_losses
+        losses = [float(loss) for loss in self.last_train_losses]
         metrics: dict[str, Any] = {"train_loss": sum(losses) / len(losses)} if losses else {}
         metrics |= {
             "steps": self.state.step,
@@ -282,9 +355,13 @@ class Worker:
         return metrics | self.final_evaluation()
 
     def final_evaluation(self) -> dict[str, float]:
-        """Validation loss/perplexity, then test loss, perplexity, accuracy and generation."""
+        """Validation loss/perplexity, then test loss, perplexity, accuracy and generation.
+
+        At the end of a run both splits were evaluated by the last step's pass already."""
         metrics: dict[str, float] = {}
-        validation = self.evaluate()
+        splits = ("validation", "test") if self.data["test"] else ("validation",)
+        evaluated = self.evaluate_splits(splits)
+        validation = evaluated["validation"]
         if validation:
             metrics |= {
                 "eval_loss": validation["loss"],
@@ -292,7 +369,7 @@ class Worker:
             }
         wanted = set(self.spec.evaluation.metrics)
         if self.data["test"]:
-            test = self.evaluate("test")
+            test = evaluated["test"]
             metrics |= (
                 {"test_loss": test["loss"], "test_perplexity": test["perplexity"]} if test else {}
             )
@@ -323,7 +400,16 @@ class Worker:
         if self.rank == 0:
             import ray
 
+            if self.reporter is not None:
+                self.reporter.flush()  # every row before the final metrics
             ray.get(self.config.tracker.finished.remote(metrics))
+
+    def close(self) -> None:
+        """Send the rows still queued and stop the background threads."""
+        if self.feed is not None:
+            self.feed.close()  # type: ignore[attr-defined]  # a generator
+        if self.reporter is not None:
+            self.reporter.close()
 
 
 def _device() -> torch.device:
@@ -336,106 +422,31 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _build_engine(
-    spec: api.FineTuneJobSpec,
-    total_steps: int,
-    model_dir: Path,
-    ds_config: dict[str, Any],
-    precision: str,
-) -> tuple[Any, Any]:
-    """DeepSpeed engine around the (peft-wrapped) model, our AdamW and LR schedule."""
-    import deepspeed
-
-    hp = spec.hyperparameters
-    # Ray Train already made the process group; DeepSpeed adopts it (its config reads the
-    # world size from it, and ZeRO-3's HfDeepSpeedConfig parses the config right below).
-    deepspeed.init_distributed(dist_backend=dist.get_backend())
-    dschf = None
-    if spec.deepspeed.zero_stage == 3:
-        from transformers.integrations.deepspeed import HfDeepSpeedConfig
-
-        # Must exist before from_pretrained so weights load straight into ZeRO-3 partitions.
-        dschf = HfDeepSpeedConfig(ds_config)  # type: ignore[no-untyped-call]
-    base = load_base_model(
-        model_dir,
-        spec.model,
-        dtype=DTYPES[precision],
-        quantize_4bit=spec.method.type == "qlora",
-    )
-    cuda = torch.cuda.is_available()
-    kernels = use_fast_kernels(base, cuda=cuda, liger=hp.liger_kernels)
-    model = apply_method(base, spec.method, gradient_checkpointing=hp.gradient_checkpointing)
-    loss = use_loss_head(model, cuda=cuda, liger=hp.liger_kernels)
-    if dist.get_rank() == 0:
-        print(f"note: {kernels}; {loss}")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = None
-    if "optimizer" not in ds_config:
-        optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    warmup = warmup_steps(total_steps, hp.warmup_ratio)
-
-    def schedule(step: int) -> float:
-        return lr_multiplier(step, total=total_steps, warmup=warmup, kind=hp.lr_scheduler)
-
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=parameters,
-        optimizer=optimizer,
-        config=ds_config,
-        lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule)),
-    )
-    engine._finetune_hf_ds_config = dschf
-    return engine, model
-
-
 def _optimizer_step(
-    engine: Any,
-    micro_batches: list[list[dict[str, Any]]],
-    pad_token_id: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[float, int, int]:
-    """One optimizer step over this rank's micro batches; returns the global mean token
-    loss and the global non-padding and loss token counts.
+    engine: Any, host: HostBatches, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step over this rank's micro batches; returns, as device tensors, the
+    global mean token loss and the global non-padding and loss token counts.
 
     Each micro batch's summed loss is divided by the loss tokens of the whole global batch
     (all micro batches, all ranks), so the step's gradient is that of the true mean token
     loss however unevenly the loss tokens fall. DeepSpeed divides by accumulation steps and
-    averages over ranks, which the factor `scale` undoes.
+    averages over ranks, which the factor `scale` undoes. Nothing here reads a value back
+    from the device: the counts were taken on the host, and the scale stays a tensor.
     """
-    batches = [to_device(collate(rows, pad_token_id, dtype), device) for rows in micro_batches]
-    counts = torch.tensor(
-        [
-            sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches),
-            sum(int(b["num_tokens"]) for b in batches),
-        ],
-        dtype=torch.float64,
-        device=device,
-    )
+    batches = host.to(device)
+    counts = torch.tensor([host.loss_tokens, host.tokens], dtype=torch.float64).to(device)
     dist.all_reduce(counts)
-    global_loss_tokens, global_tokens = counts.tolist()
-    scale = len(batches) * dist.get_world_size() / max(1.0, global_loss_tokens)
+    world = dist.get_world_size()
+    scale = len(batches) * world / counts[0].clamp(min=1.0)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for batch in batches:
-        summed, _, _, _ = forward_sums(engine, batch)
-        engine.backward(summed * scale)
+        summed = forward_sums(engine, batch)[0]
+        engine.backward(summed * scale.to(summed.dtype))
         engine.step()
         loss_sum += summed.detach().double()
     dist.all_reduce(loss_sum)
-    counted = float(loss_sum) / max(1.0, global_loss_tokens)
-    return counted, int(global_tokens), int(global_loss_tokens)
-
-
-def _stop_requested(rank: int, tracker: Any, row: dict[str, Any], device: torch.device) -> bool:
-    """Rank 0 reports the step and learns whether the driver asked to stop (Ctrl-C); the
-    answer is broadcast so that every rank saves the same checkpoint and leaves together."""
-    import ray
-
-    flag = torch.zeros(1, device=device)
-    if rank == 0:
-        flag[0] = float(ray.get(tracker.record.remote(row)))
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+    return loss_sum / counts[0].clamp(min=1.0), counts[1], counts[0]
 
 
 def _early_stopping(
@@ -449,17 +460,17 @@ def _early_stopping(
     return EarlyStopping(patience=policy.patience, min_delta=policy.min_delta)
 
 
-def _gpu_row(tokens_per_second: float, total_params: int, world: int) -> dict[str, float]:
-    """Peak memory and MFU on GPU. MFU uses model FLOPs = 6 · N · tokens (N = all
-    parameters, trainable and frozen; forward 2N + backward 4N per token), over the
-    peak dense bf16 FLOP/s of every device in the run."""
+def _gpu_row(tokens_per_second: float, trainable: int, total: int, world: int) -> dict[str, float]:
+    """Peak memory and MFU (reports.mfu: LoRA-aware) over the peak dense bf16 FLOP/s of
+    every device in the run."""
     if not torch.cuda.is_available():
         return {}
     row = {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
     name = torch.cuda.get_device_name()
     peak = next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
     if peak:
-        row["mfu"] = 6 * total_params * tokens_per_second / (peak * world)
+        row["mfu"] = mfu(tokens_per_second, trainable=trainable, total=total,
+                         peak_flops=peak * world)  # fmt: skip
     return row
 
 

@@ -10,7 +10,24 @@ from typing import Any
 METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
 DATA_REPORT = "data_report.json"
-MFU_FORMULA = "6 * N * tokens_per_second / (peak_flops_per_device * devices), N = all parameters"
+MFU_FORMULA = (
+    "(6 * N_trained + 4 * N_frozen) * tokens_per_second / (peak_flops_per_device * devices)"
+)
+
+
+def model_flops_per_token(trainable: int, total: int) -> int:
+    """Training FLOPs per token for the weights (attention scores left out, as is usual).
+
+    Forward is 2 FLOPs per weight; backward another 2 for the activations' gradient and 2
+    for the weight's own. Frozen weights (LoRA's base) skip the last: 4N, trained ones 6N.
+    Recomputation under gradient checkpointing is not counted: MFU counts the model's
+    work, not the hardware's."""
+    return 6 * trainable + 4 * (total - trainable)
+
+
+def mfu(tokens_per_second: float, *, trainable: int, total: int, peak_flops: float) -> float:
+    """Model FLOPs utilisation of all devices, whose summed peak is `peak_flops`."""
+    return model_flops_per_token(trainable, total) * tokens_per_second / peak_flops
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:

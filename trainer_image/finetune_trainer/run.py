@@ -186,18 +186,29 @@ def train(
     import ray
 
     from finetune_trainer.loop import WorkerSetup
+    from finetune_trainer.shards import split_for_ranks
 
     if plan.local:
         cluster.connect()
-    progress_tracker = tracker.start_tracker(_stop_at_step())
+    stop_at_step = _stop_at_step()
+    progress_tracker = tracker.start_tracker(stop_at_step)
+    per_rank = split_for_ranks(
+        data.splits.rows,
+        seed=plan.spec.hyperparameters.seed,
+        steps_per_epoch=data.splits.steps_per_epoch,
+        total_steps=data.splits.total_steps,
+        global_batch=plan.spec.hyperparameters.batch_size,
+        world_size=plan.workers.world_size,
+    )
     setup = WorkerSetup(
         spec=plan.spec,
         base_dir=plan.base_dir,
         total_steps=data.splits.total_steps,
         steps_per_epoch=data.splits.steps_per_epoch,
-        data=ray.put(data.splits.rows),
+        data=[ray.put(rows) for rows in per_rank],  # each rank only the rows it reads
         tracker=progress_tracker,
         output_dir=plan.out.local_dir,
+        stop_at_step=stop_at_step,
     )
     follower = _HistoryFollower(progress_tracker, plan, data.splits.total_steps, view, board)
     # fit() runs in a thread so that Ctrl-C reaches our handler (Ray's own, installed only

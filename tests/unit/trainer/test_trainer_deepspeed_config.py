@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from finetune_trainer.deepspeed_config import build_deepspeed_config, plan_batch, resolve_precision
+import torch
+from finetune_trainer.deepspeed_config import (
+    adamw_options,
+    build_deepspeed_config,
+    plan_batch,
+    resolve_precision,
+)
 from finetune_trainer.errors import BatchSizeError
 
 from tests.factories import MakeJob
@@ -116,3 +122,18 @@ def test_precision_resolution(requested, cuda, bf16, expected, noted):
     precision, note = resolve_precision(requested, cuda=cuda, bf16_supported=bf16)
     assert precision == expected
     assert (note is not None) == noted
+
+
+@pytest.mark.parametrize(("cuda", "overlap"), [(True, True), (False, False)])
+def test_zero2_overlaps_gradient_reduction_with_backward_on_gpus(cuda, overlap):
+    config = build_deepspeed_config(spec(), world_size=2, precision="bf16", cuda=cuda)
+    assert config["zero_optimization"]["overlap_comm"] is overlap
+    assert config["zero_optimization"]["contiguous_gradients"] is True
+
+
+def test_adamw_is_fused_on_cuda_and_torchs_loop_on_cpu():
+    hp = spec(hyperparameters={"learningRate": 1e-4, "weightDecay": 0.1}).hyperparameters
+    assert adamw_options(hp, cuda=True) == {"lr": 1e-4, "weight_decay": 0.1, "fused": True}
+    assert adamw_options(hp, cuda=False) == {"lr": 1e-4, "weight_decay": 0.1}
+    # The options are ones torch's AdamW takes.
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], **adamw_options(hp, cuda=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from finetune_trainer import history, reports, upload
 from finetune_trainer.model_card import model_card
 
@@ -89,3 +90,17 @@ def test_upload_copies_the_whole_tree_to_the_destination(tmp_path):
     filesystem = fsspec.filesystem("memory")
     assert filesystem.cat_file("/bucket/runs/one/metrics.json") == b'{"eval_loss": 1.0}'
     assert filesystem.exists("/bucket/runs/one/adapter/adapter_config.json")
+
+
+def test_mfu_counts_frozen_weights_at_4n_and_trained_ones_at_6n():
+    n = 1_000_000_000
+    assert reports.model_flops_per_token(trainable=n, total=n) == 6 * n
+    lora = reports.model_flops_per_token(trainable=n // 100, total=n + n // 100)
+    assert lora == 6 * (n // 100) + 4 * n
+    # 1000 tokens/s on a device of 1e13 FLOP/s peak: a full fine-tune uses 60 %, LoRA on
+    # the same base ~40 %: the old 6N formula overstated LoRA's MFU by about 1.5x.
+    full = reports.mfu(1000, trainable=n, total=n, peak_flops=1e13)
+    adapted = reports.mfu(1000, trainable=n // 100, total=n + n // 100, peak_flops=1e13)
+    assert full == pytest.approx(0.6)
+    assert adapted == pytest.approx(0.406)
+    assert 1.45 < 6 * (n + n // 100) * 1000 / 1e13 / adapted < 1.5

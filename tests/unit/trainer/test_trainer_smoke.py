@@ -12,7 +12,9 @@ from finetune_trainer import evaluate, loop
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
+from finetune_trainer.engine import build_engine
 from finetune_trainer.model import load_tokenizer
+from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
 
 from tests.factories import MakeJob
@@ -27,7 +29,7 @@ def engine_for(workspace: Path, method: str, total_steps: int):
     ).typed_spec()  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
     config = build_deepspeed_config(spec, world_size=1, precision="fp32")
-    engine, _ = loop._build_engine(spec, total_steps, workspace / "model", config, "fp32")
+    engine, _ = build_engine(spec, total_steps, workspace / "model", config, "fp32")
     return spec, splits, engine
 
 
@@ -38,11 +40,10 @@ def train_steps(spec, splits, engine, steps: int, pad: int) -> list[float]:
             splits.rows["train"], step, seed=spec.hyperparameters.seed,
             steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
         )  # fmt: skip
-        loss, tokens, loss_tokens = loop._optimizer_step(
-            engine, micro, pad, torch.device("cpu"), torch.float32
-        )
-        assert tokens > loss_tokens > 0
-        losses.append(loss)
+        host = collate_step(micro, pad, torch.float32, pin=False)
+        loss, tokens, loss_tokens = loop._optimizer_step(engine, host, torch.device("cpu"))
+        assert tokens.item() > loss_tokens.item() > 0
+        losses.append(loss.item())
     return losses
 
 
@@ -88,7 +89,17 @@ def test_generation_metrics_score_partial_answers_between_the_extremes():
     assert 0.0 < scores["bleu"] < 100.0
 
 
-def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, single_process_group):
+def spy(function, calls: list):
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return recorded
+
+
+def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(
+    workspace, single_process_group, monkeypatch
+):
     """The worker's setup seam: build → train_step/evaluate_if_due → final_metrics, in-process."""
     spec = (
         MakeJob.trainer()
@@ -108,13 +119,51 @@ def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(workspace, singl
     assert (worker.batch.micro_batch_size, worker.batch.accumulation_steps) == (2, 2)
     rows = []
     while worker.steps_left():
-        rows.append(worker.train_step() | worker.evaluate_if_due())
+        rows.append(worker.train_step().read() | worker.evaluate_if_due())
         assert worker.checkpoint_due(stop=False) == (worker.state.step == 2)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and "eval_loss" in r for r in rows)
     assert worker.engine.global_steps == 2
+    assert not worker.engine.is_compiled  # torchCompile is off by default
+    passes = []
+    monkeypatch.setattr(evaluate, "evaluate_losses", spy(evaluate.evaluate_losses, passes))
     metrics = worker.final_metrics()
+    # The last step's evaluation pass (validation and test together) is the final one.
+    assert passes == []
+    assert metrics["eval_loss"] == rows[-1]["eval_loss"]
     assert metrics["train_loss"] == pytest.approx(sum(r["loss"] for r in rows) / 2)
     assert metrics["steps"] == 2 and metrics["stopped_early"] is False
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"]
     assert {"eval_loss", "eval_perplexity", "test_loss", "test_accuracy"} <= set(metrics)
+
+
+def test_prefetched_steps_see_the_same_batches_and_give_the_same_losses(
+    workspace, single_process_group
+):
+    """The worker collates each step ahead on a thread; a plain in-order loop over the same
+    steps (collate, then step) gives exactly the same losses."""
+    spec = MakeJob.trainer().spec(
+        hyperparameters={"batchSize": 4, "microBatchSize": 2, "maxSteps": 3, "learningRate": 3e-3},
+    ).typed_spec()  # fmt: skip
+    splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
+    setup = loop.WorkerSetup(
+        spec=spec, base_dir=workspace, total_steps=3, steps_per_epoch=splits.steps_per_epoch,
+        data=None, tracker=None, output_dir=workspace / "out",
+    )  # fmt: skip
+    torch.manual_seed(7)
+    worker = loop.Worker.build(setup, splits.rows, rank=0, world=1, device=torch.device("cpu"))
+    prefetched = [worker.train_step().read()["loss"] for _ in range(3)]
+    worker.close()
+    torch.manual_seed(7)
+    config = build_deepspeed_config(spec, world_size=1, precision="fp32")
+    engine, _ = build_engine(spec, 3, workspace / "model", config, "fp32")
+    pad = load_tokenizer(workspace / "model", spec.model).pad_token_id
+    assert prefetched == train_steps(spec, splits, engine, 3, pad)
+
+
+def test_torch_compile_compiles_the_engines_module(workspace, single_process_group):
+    spec = MakeJob.trainer().spec(hyperparameters={"batchSize": 4, "torchCompile": True})
+    typed = spec.typed_spec()
+    config = build_deepspeed_config(typed, world_size=1, precision="fp32")
+    engine, _ = build_engine(typed, 1, workspace / "model", config, "fp32")
+    assert engine.is_compiled  # compiled lazily, at the first forward pass

@@ -220,6 +220,9 @@ def build_rayjob(job: api.FineTuneJob, settings: Settings) -> dict[str, Any]:
     )
     # The driver runs on the head: it serves GET /progress there for the operator to poll.
     head["env"].append({"name": "FINETUNE_PROGRESS_PORT", "value": str(settings.progress_port)})
+    # The driver writes serving manifests whose s3:// fetch runs the trainer image: the one
+    # this operator is configured with, when the job names none of its own.
+    head["env"].append({"name": "FINETUNE_TRAINER_IMAGE", "value": settings.trainer_image})
     head["ports"] = head_ports(settings)
     worker = trainer_container(
         job, settings, name="ray-worker", resources=worker_resources(resources), mounts=mounts

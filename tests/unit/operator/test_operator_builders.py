@@ -304,3 +304,11 @@ def test_head_serves_progress_on_the_settings_port_and_keeps_rays_ports() -> Non
     assert "ports" not in worker
     assert all(env["name"] != "FINETUNE_PROGRESS_PORT" for env in worker["env"])
     assert schema_errors(rayjob) == [] and pruned_fields(rayjob, rayjob_schema()) == []
+
+
+def test_head_tells_the_driver_the_operators_trainer_image_for_serving_manifests() -> None:
+    settings = Settings(trainer_image="registry.local/trainer:7")
+    rayjob = build_rayjob(MakeJob.operator().typed(), settings)
+    (head,) = head_of(rayjob)["template"]["spec"]["containers"]
+    assert {"name": "FINETUNE_TRAINER_IMAGE", "value": "registry.local/trainer:7"} in head["env"]
+    assert schema_errors(rayjob) == [] and pruned_fields(rayjob, rayjob_schema()) == []

@@ -49,6 +49,8 @@ TRAINER_MODULES = frozenset(
     }
 )
 TRAINER_COMMANDS = ("prepare", "run", "pii-report", "serve-manifest")
+# The argument naming each trainer command's job file (serve-manifest reads an output).
+JOB_FILE_ARGUMENT = {"prepare": "file", "run": "file", "pii-report": "job"}
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in TRAINER_COMMANDS:
-        quiet_process(args.job if args.command == "pii-report" else args.file)
+        job_argument = JOB_FILE_ARGUMENT.get(args.command)
+        quiet_process(getattr(args, job_argument) if job_argument else None)
     try:
         return int(args.handler(args))
     except BrokenPipeError:

@@ -79,3 +79,12 @@ def s3_ray(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def data_stage_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`finetune prepare` reads in the test process here: each test sets its own S3
+    credentials, while the workers of a Ray instance that an earlier test in this process
+    started keep the environment they started with (tests/integration/trainer covers the
+    Ray Data stage)."""
+    monkeypatch.setenv("FINETUNE_DATA_WORKERS", "0")

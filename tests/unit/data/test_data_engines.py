@@ -10,20 +10,27 @@ from finetune_trainer.data.pipeline import sources_in_read_order
 from tests.factories import MakeJob
 
 
-def test_zero_workers_keeps_the_stage_in_the_driver_without_starting_ray(monkeypatch):
+@pytest.fixture
+def ray_down():
+    """No Ray instance left by an earlier test in this process, so that one running after
+    the call can only have been started by it."""
     import ray
 
+    ray.shutdown()
+    return ray
+
+
+def test_zero_workers_keeps_the_stage_in_the_driver_without_starting_ray(monkeypatch, ray_down):
     monkeypatch.setenv("FINETUNE_DATA_WORKERS", "0")
-    assert workers_from_env() is None and not ray.is_initialized()
+    assert workers_from_env() is None and not ray_down.is_initialized()
     spec = MakeJob.data_stage().typed_spec()
     assert isinstance(make_engine([], spec.dataset.cleaning, None, workers=None), InDriver)
+    assert not ray_down.is_initialized()
 
 
-def test_unset_and_without_redaction_the_driver_cleans_without_starting_ray(monkeypatch):
-    import ray
-
+def test_unset_and_without_redaction_the_driver_cleans_without_starting_ray(monkeypatch, ray_down):
     monkeypatch.delenv("FINETUNE_DATA_WORKERS")
-    assert workers_from_env(redact=False) is None and not ray.is_initialized()
+    assert workers_from_env(redact=False) is None and not ray_down.is_initialized()
 
 
 @pytest.mark.parametrize("value", ["two", "-1", "1.5"])

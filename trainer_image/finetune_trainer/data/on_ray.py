@@ -31,6 +31,7 @@ from finetune_trainer.data.readers import RawRecord, SourceLineage, read_source
 
 ITEM, LINEAGE, FAILED = "item", "lineage", "failed"
 NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries its id as this label
+TARGET_BLOCK_BYTES = 256 * 1024  # ~650 chats of 400 bytes: seconds of NER per block
 Batch = dict[str, Any]
 
 
@@ -81,6 +82,10 @@ class OnRayData:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the determinism rests on this
         context.enable_progress_bars = False  # `finetune run` has its own progress bar
+        # A task's output is merged into blocks of up to this size, and a block goes to one
+        # actor: at Ray's 128 MiB default a whole source is one block and one actor does all
+        # the NER. Small blocks let every actor work from the first records on.
+        context.target_max_block_size = TARGET_BLOCK_BYTES
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         here = ray.get_runtime_context().get_node_id()
         count = len(self.sources)

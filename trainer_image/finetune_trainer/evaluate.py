@@ -13,12 +13,12 @@ import torch
 import torch.distributed as dist
 from finetune_operator import api
 
-from finetune_trainer.batches import collate, forward_sums, shard_for_eval
+from finetune_trainer.batches import collate, forward_sums, shard_for_eval, to_device
 from finetune_trainer.data import build_rows
 from finetune_trainer.data.formats import Record
 from finetune_trainer.data.packing import Row
 from finetune_trainer.data.tokenize import IGNORE_INDEX
-from finetune_trainer.prefetch import ahead, pin_batch, to_device_async
+from finetune_trainer.prefetch import ahead, pin_batch
 
 GENERATION_METRICS = ("exact_match", "bleu", "rouge")
 MAX_NEW_TOKENS = 256
@@ -71,7 +71,7 @@ def evaluate_losses(
         for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world)
     ]
     for index, batch, counted in ahead(work, load):
-        loss_sum, tokens, correct, _ = forward_sums(model, to_device_async(batch, device))
+        loss_sum, tokens, correct, _ = forward_sums(model, to_device(batch, device))
         if counted:
             totals[index, 0] += loss_sum.detach().double()
             totals[index, 1] += tokens

@@ -36,7 +36,7 @@ class HostBatches:
 
     def to(self, device: torch.device) -> list[dict[str, Any]]:
         """The batches on `device`; from pinned memory the copies do not wait for it."""
-        return [to_device_async(batch, device) for batch in self.batches]
+        return [to_device(batch, device) for batch in self.batches]
 
 
 def collate_step(
@@ -58,10 +58,6 @@ def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """Page-locked copies of the batch's tensors, the packed documents' edges included."""
     pinnable = torch.Tensor | PackedDocuments
     return {k: v.pin_memory() if isinstance(v, pinnable) else v for k, v in batch.items()}
-
-
-def to_device_async(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return to_device(batch, device)  # non_blocking: pinned sources copy asynchronously
 
 
 def ahead(items: Iterable[Item], load: Callable[[Item], Loaded]) -> Iterator[Loaded]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
 
-from tests.deid_corpus import Corpus
+from tests.deid_corpus import Corpus, chat_lines
 from tests.factories import MakeJob
 
 BENCH_SEED = 5151
@@ -77,16 +77,6 @@ class PeakMemory:
             "one_worker_peak_rss_mib": round(self.worker / MIB),
             "all_workers_peak_rss_mib": round(self.workers / MIB),
         }
-
-
-def chat_lines(documents: list[Any]) -> list[str]:
-    lines = []
-    for texts in documents:
-        turns = [t.text for t in texts] + ["Noted."]
-        roles = ["user", "assistant"]
-        messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
-        lines.append(json.dumps({"messages": messages}))
-    return lines
 
 
 def write_big_jsonl(path: Path, size_bytes: int, lines: list[str]) -> int:

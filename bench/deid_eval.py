@@ -24,7 +24,7 @@ from finetune_operator import api
 from finetune_trainer.data.pii import Redactor
 from finetune_trainer.data.pii_engine import spacy_model_name
 
-from tests.deid_corpus import DRUGS, PRODUCTS, Corpus, Labelled, Scores, score
+from tests.deid_corpus import DRUGS, PRODUCTS, Corpus, Labelled, Scores, chat_lines, score
 
 BENCH_SEED = 4242
 
@@ -85,13 +85,7 @@ def data_stage_rate(documents: list[list[Labelled]], redact: bool) -> float:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "train.jsonl"
-        lines = []
-        for texts in documents:
-            turns = [t.text for t in texts] + ["Noted."]
-            roles = ["user", "assistant"]
-            messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
-            lines.append(json.dumps({"messages": messages}))
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path.write_text("\n".join(chat_lines(documents)) + "\n", encoding="utf-8")
         spec = MakeJob.data_stage().spec(dataset={"cleaning": {"redactPII": redact}}).typed_spec()
         started = time.perf_counter()
         prepare_records(spec, base_dir=Path(folder))

@@ -9,6 +9,7 @@ feeds the unit tests and bench/deid_eval.py, so the benchmark measures what test
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 
@@ -256,3 +257,15 @@ def score(documents: list[list[Labelled]], spans_of: object) -> Scores:
                 result.lookalikes += 1
                 result.kept += not any(covered[start:end])
     return result
+
+
+def chat_lines(documents: list[list[Labelled]]) -> list[str]:
+    """Each document as one JSONL chat: its texts as alternating user/assistant turns,
+    ending on an assistant turn so that every record carries loss."""
+    lines = []
+    for texts in documents:
+        turns = [t.text for t in texts] + ["Noted."]
+        roles = ["user", "assistant"]
+        messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+        lines.append(json.dumps({"messages": messages}))
+    return lines

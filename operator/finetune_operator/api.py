@@ -126,7 +126,8 @@ class DataSource(ApiModel):
         "messages",
         description="Record shape. messages: {messages: [{role, content}]} (OpenAI style); "
         "alpaca: {instruction, input, output}; text: {text}; "
-        "preference: {prompt, chosen, rejected} (trained on prompt + chosen).",
+        "preference: {prompt, chosen, rejected}, as strings or lists of messages (objective "
+        "dpo learns the preference; sft learns prompt + chosen).",
     )
     split: str | None = Field(
         None, description="Split of an hf:// dataset (default: train).", max_length=256
@@ -316,15 +317,52 @@ class LoraSpec(ApiModel):
     _target_modules_once = field_validator("target_modules")(kube_values.once_each)
 
 
+class DpoSpec(ApiModel):
+    model_config = validations(
+        cel(
+            "self.labelSmoothing == 0.0 || self.lossType == 'robust'",
+            "labelSmoothing is the probability that a preference label is flipped, which "
+            "only the robust loss models: set lossType: robust or labelSmoothing: 0",
+            ".labelSmoothing",
+        )
+    )
+
+    beta: float = Field(
+        0.1,
+        description="How far the model may move from the reference (the base model): "
+        "higher stays closer. For ipo it is the regularisation tau.",
+        gt=0,
+        le=100,
+    )
+    loss_type: Literal["sigmoid", "ipo", "robust"] = Field(
+        "sigmoid",
+        description="sigmoid: the DPO loss; ipo: IPO's squared loss on per-token log "
+        "ratios; robust: DPO corrected for labelSmoothing flipped labels.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        description="robust only: the probability that a preference label is wrong.",
+        ge=0,
+        lt=0.5,
+    )
+
+
 class MethodSpec(ApiModel):
     type: Literal["lora", "qlora", "full"] = Field(
         "lora",
         description="lora: low-rank adapters; qlora: LoRA on a 4-bit NF4 base model "
         "(needs a CUDA GPU); full: every weight trained.",
     )
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: learn the answers (next-token loss); dpo: Direct Preference "
+        "Optimization on preference records (prefer chosen over rejected). Either works "
+        "with every type.",
+    )
     lora: LoraSpec = Field(
         default_factory=LoraSpec, description="Adapter settings for lora and qlora."
     )
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="Settings of objective dpo.")
 
 
 class Hyperparameters(ApiModel):
@@ -606,6 +644,32 @@ class FineTuneJobSpec(ApiModel):
             "accuracy, exact_match, bleu and rouge are computed on the test set: set "
             "dataset.test or dataset.testSplit > 0",
             ".evaluation.metrics",
+        ),
+        cel(
+            "self.method.objective != 'dpo' || (self.dataset.train.format == 'preference'"
+            + "".join(
+                f" && (!{is_set(f'self.dataset.{split}')} || "
+                f"self.dataset.{split}.format == 'preference')"
+                for split in ("validation", "test")
+            )
+            + " && self.dataset.mix.all(m, m.format == 'preference'))",
+            "objective dpo learns from preference records ({prompt, chosen, rejected}): set "
+            "the format of dataset.train, validation, test and mix to preference",
+            ".method.objective",
+        ),
+        cel(
+            "self.method.objective != 'dpo' || self.method.type != 'full' || "
+            "self.deepspeed.zeroStage != 3",
+            "objective dpo with type full keeps a frozen reference copy of the base model on "
+            "every device, which ZeRO-3 does not partition: use zeroStage 2, or type lora "
+            "(its reference is the base model itself, no copy)",
+            ".method.objective",
+        ),
+        cel(
+            "self.method.objective != 'dpo' || self.dataset.cleaning.overlength != 'chunk'",
+            "objective dpo cannot cut a preference pair into chunks: use overlength "
+            "truncate or drop",
+            ".dataset.cleaning.overlength",
         ),
         cel(
             "self.hyperparameters.batchSize >= self.resources.workers * "

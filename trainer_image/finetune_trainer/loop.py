@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from finetune_operator import api
 
-from finetune_trainer import artifacts, checkpoints, evaluate
+from finetune_trainer import artifacts, checkpoints, dpo, evaluate
 from finetune_trainer.batches import forward_sums, micro_batches_for_step
 from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
@@ -121,6 +121,8 @@ class Worker:
     # Evaluation results of the current step: the last step's validation pass serves the
     # final metrics too (same weights, same numbers), so it runs once.
     evaluations: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
+    preference: dpo.PreferenceObjective | None = None  # method.objective dpo
+    last_preference_stats: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
     def setup(cls, config: WorkerSetup) -> Worker:
@@ -186,6 +188,7 @@ class Worker:
             trainable_params=trainable, total_params=total,
         )  # fmt: skip
         worker.early = _early_stopping(spec, worker.state)
+        worker.preference = dpo.objective_for(spec, model_dir, device, DTYPES[precision])
         return worker
 
     @property
@@ -209,7 +212,10 @@ class Worker:
         self.evaluations = {k: v for k, v in self.evaluations.items() if k[1] == step}
         missing = [s for s in splits if (s, step) not in self.evaluations]
         if missing:
-            results = evaluate.evaluate_losses(
+            evaluate_splits = (
+                evaluate.evaluate_losses if self.preference is None else self.preference.evaluate
+            )
+            results = evaluate_splits(
                 self.engine,
                 {split: self.data[split] for split in missing},
                 micro=max(1, self.batch.micro_batch_size),
@@ -226,8 +232,7 @@ class Worker:
             return False
         # The yardstick every later evaluation is read against.
         baseline = self.evaluate()
-        row = {"step": 0, "epoch": 0.0, "eval_loss": baseline["loss"],
-               "eval_perplexity": baseline["perplexity"]}  # fmt: skip
+        row = {"step": 0, "epoch": 0.0} | _prefixed("eval", baseline)
         if self.early is not None:
             self.early.update(baseline["loss"])
             self.state.early_stopping = self.early.state_dict()
@@ -245,7 +250,12 @@ class Worker:
         step, host = next(self.feed)
         assert step == self.state.step, f"prefetched step {step}, training step {self.state.step}"
         learning_rate = self.engine.get_lr()[0]  # the rate this step uses (read before it moves)
-        loss, tokens, loss_tokens = _optimizer_step(self.engine, host, self.device)
+        extra: dict[str, torch.Tensor] = {}
+        if self.preference is None:
+            loss, tokens, loss_tokens = _optimizer_step(self.engine, host, self.device)
+        else:
+            loss, extra, tokens, loss_tokens = self.preference.step(self.engine, host, self.device)
+            self.last_preference_stats = [*self.last_preference_stats, extra][-10:]
         self.state.step += 1
         self.last_train_losses = [*self.last_train_losses, loss][-10:]
         values = {
@@ -253,7 +263,7 @@ class Worker:
             "epoch": round(self.state.step / self.config.steps_per_epoch, 4),
             "loss": loss,
             "learning_rate": learning_rate,
-        }
+        } | extra
         # On CPU every operation has finished when it returns: the step is over now.
         ready = None if self.device.type == "cuda" else time.perf_counter()
         counts = {"tokens": tokens, "loss_tokens": loss_tokens}
@@ -274,7 +284,8 @@ class Worker:
             world_size=self.world,
         )
         pin = self.device.type == "cuda"
-        return step, collate_step(micro_batches, self.tokenizer.pad_token_id, self.dtype, pin=pin)
+        host = collate_step(micro_batches, self.tokenizer.pad_token_id, self.dtype, pin=pin)
+        return step, host if self.preference is None else self.preference.on_host(host)
 
     def finish_row(self, values: dict[str, Any]) -> dict[str, Any]:
         """What a step's row gains once its tokens/s are known: MFU and memory on GPUs."""
@@ -297,7 +308,7 @@ class Worker:
         if self.early is not None:
             self.state.stopped_early = self.early.update(result["loss"])
             self.state.early_stopping = self.early.state_dict()
-        row = {"eval_loss": result["loss"], "eval_perplexity": result["perplexity"]}
+        row = _prefixed("eval", result)
         # The driver tells the operator, which posts an EarlyStopped Event.
         return row | ({"stopped_early": True} if self.state.stopped_early else {})
 
@@ -346,6 +357,7 @@ class Worker:
         """Training loss (mean of the last 10 steps), counts, and the final evaluation."""
         losses = [float(loss) for loss in self.last_train_losses]
         metrics: dict[str, Any] = {"train_loss": sum(losses) / len(losses)} if losses else {}
+        metrics |= dpo.train_summary(self.last_preference_stats)
         metrics |= {
             "steps": self.state.step,
             "stopped_early": self.state.stopped_early,
@@ -363,17 +375,12 @@ class Worker:
         evaluated = self.evaluate_splits(splits)
         validation = evaluated["validation"]
         if validation:
-            metrics |= {
-                "eval_loss": validation["loss"],
-                "eval_perplexity": validation["perplexity"],
-            }
+            metrics |= _prefixed("eval", validation)
         wanted = set(self.spec.evaluation.metrics)
         if self.data["test"]:
             test = evaluated["test"]
-            metrics |= (
-                {"test_loss": test["loss"], "test_perplexity": test["perplexity"]} if test else {}
-            )
-            if test and "accuracy" in wanted:
+            metrics |= _prefixed("test", test)
+            if "accuracy" in test and "accuracy" in wanted:
                 metrics["test_accuracy"] = test["accuracy"]
         samples = self.data["generation"]
         if samples and wanted & set(evaluate.GENERATION_METRICS):
@@ -447,6 +454,12 @@ def _optimizer_step(
         loss_sum += summed.detach().double()
     dist.all_reduce(loss_sum)
     return loss_sum / counts[0].clamp(min=1.0), counts[1], counts[0]
+
+
+def _prefixed(prefix: str, result: dict[str, float]) -> dict[str, float]:
+    """An evaluation's numbers as history and metrics name them (eval_loss, test_perplexity,
+    eval_reward_accuracy for dpo); token accuracy is reported only when asked for."""
+    return {f"{prefix}_{name}": value for name, value in result.items() if name != "accuracy"}
 
 
 def _early_stopping(

@@ -121,17 +121,52 @@ def liger_linear_cross_entropy(
     return torch.stack([out.loss.float(), correct.float()])
 
 
+def token_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """log p(target) of each of `targets` (N,) given the head's input `hidden` (N, H), in
+    fp32. DPO weighs every sequence's tokens by its own factor, so the gradients cannot be
+    taken ahead as in the summed loss; instead each chunk's logits are recomputed in
+    backward (activation checkpointing), so still nothing of V size outlives its chunk."""
+    from torch.utils.checkpoint import checkpoint
+
+    chunk = chunk or chunk_tokens(weight.shape[0])
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_log_probs, h, weight, bias, t, use_reentrant=False))
+        else:
+            parts.append(_chunk_log_probs(h, weight, bias, t))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _chunk_log_probs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)
+
+
 @dataclass
 class LossRequest:
-    """Which of the head's input positions (flattened B*L) predict which target token."""
+    """Which of the head's input positions (flattened B*L) predict which target token;
+    `per_token`: the log-probability of each target instead of [summed loss, correct]."""
 
     positions: torch.Tensor
     targets: torch.Tensor
+    per_token: bool = False
 
 
 class LossHead(torch.nn.Module):
     """The model's output Linear, same weight and bias under the same names; inside
-    `computing_loss` its forward returns [summed loss, correct] instead of logits."""
+    `computing_loss` its forward returns [summed loss, correct] (or, per_token, each
+    target's log-probability) instead of logits."""
 
     def __init__(self, head: torch.nn.Linear, *, fused: bool = False) -> None:
         super().__init__()
@@ -147,6 +182,8 @@ class LossHead(torch.nn.Module):
             return F.linear(hidden, self.weight, self.bias)
         self.request = None  # one forward consumes a request
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, request.positions)
+        if request.per_token:
+            return token_log_probs(picked, self.weight, self.bias, request.targets)
         if self.fused:
             return liger_linear_cross_entropy(picked, self.weight, self.bias, request.targets)
         return linear_cross_entropy(picked, self.weight, self.bias, request.targets)

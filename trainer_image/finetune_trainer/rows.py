@@ -9,6 +9,7 @@ from typing import Any
 from finetune_operator import api
 
 from finetune_trainer.data import PreparedData, build_rows
+from finetune_trainer.data.pairs import build_pairs
 from finetune_trainer.errors import NotEnoughData
 from finetune_trainer.evaluate import GENERATION_METRICS, generation_samples
 from finetune_trainer.model import load_tokenizer
@@ -32,14 +33,18 @@ def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, model_dir
     stats: dict[str, Any] = {}
     for split in ("train", "validation", "test"):
         records = getattr(prepared, split)
-        rows[split], split_stats = (
-            build_rows(records, prepared.format, tokenizer, spec.dataset) if records else ([], {})
-        )
+        if not records:
+            rows[split], split_stats = [], {}
+        elif spec.method.objective == "dpo":  # one row per pair: the batch counts pairs
+            rows[split], split_stats = build_pairs(records, tokenizer, spec.dataset)
+        else:
+            rows[split], split_stats = build_rows(records, prepared.format, tokenizer, spec.dataset)
         stats[split] = split_stats
     batch = spec.hyperparameters.batch_size
     if len(rows["train"]) < batch:
         raise NotEnoughData(
-            f"spec.hyperparameters.batchSize: {batch} sequences per step, but the training data "
+            f"spec.hyperparameters.batchSize: {batch} sequences (pairs for dpo) per step, but "
+            "the training data "
             f"makes only {len(rows['train'])} rows after cleaning and packing; lower batchSize "
             "or add data"
         )

@@ -1,7 +1,11 @@
 """The four record shapes: checking them, and the views of a record other stages need.
 
 A checked record keeps only the keys its format defines (extra keys are ignored, not
-carried to the output), with every text field a string.
+carried to the output), with every text field a string. A preference record is either
+plain ({prompt, chosen, rejected} strings) or conversational, as TRL's preference data
+sets are: chosen and rejected are lists of messages, with the shared turns in `prompt`
+(a list, or a string for one user turn) or, without `prompt`, as the turns both lists
+begin with; checked, it holds prompt, chosen and rejected as lists of messages.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ def check_record(obj: Any, fmt: str) -> dict[str, Any]:
 
 
 def _text_fields(record: dict[str, Any], fmt: str) -> Iterator[tuple[str, str]]:
-    if fmt == "messages":
-        for index, message in enumerate(record["messages"]):
-            yield f"messages[{index}].content", message["content"]
-    else:
-        yield from ((f"'{key}'", value) for key, value in record.items())
+    for key, value in record.items():
+        if isinstance(value, list):  # messages, or a conversational preference's turns
+            for index, message in enumerate(value):
+                yield f"{key}[{index}].content", message["content"]
+        else:
+            yield f"'{key}'", value
 
 
 def describe(value: Any, *, quote: bool = True) -> str:
@@ -76,22 +81,33 @@ def _check_messages(obj: dict[str, Any]) -> dict[str, Any]:
         raise MalformedRecord(f"'messages' must be a list, got {type(messages).__name__}")
     if not messages:
         raise MalformedRecord("'messages' is empty")
-    checked = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise MalformedRecord(f"messages[{index}] must be an object")
-        role = message.get("role")
-        if role not in ROLES:
-            raise MalformedRecord(
-                f"messages[{index}].role must be one of {ROLES}, got {describe(role)}"
-            )
-        checked.append({"role": role, "content": _content(message.get("content"), index)})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in checked):
+    checked = _turns(messages, "messages")
+    if not _answers(checked):
         raise MalformedRecord("no non-empty assistant message (nothing to learn)")
     return {"messages": checked}
 
 
-def _content(content: Any, index: int) -> str:
+def _turns(messages: list[Any], key: str) -> list[dict[str, str]]:
+    """Checked {role, content} messages; reasons name them as key[index]."""
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise MalformedRecord(f"{key}[{index}] must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise MalformedRecord(
+                f"{key}[{index}].role must be one of {ROLES}, got {describe(role)}"
+            )
+        content = _content(message.get("content"), index, key)
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+def _answers(messages: list[dict[str, str]]) -> bool:
+    return any(m["role"] == "assistant" and m["content"].strip() for m in messages)
+
+
+def _content(content: Any, index: int, key: str = "messages") -> str:
     """A message's text; OpenAI-style lists of text parts are joined."""
     if isinstance(content, str):
         return content
@@ -104,12 +120,12 @@ def _content(content: Any, index: int) -> str:
                     if isinstance(part, dict)
                     else type(part).__name__
                 )
-                raise MalformedRecord(f"messages[{index}].content has a non-text part ({kind})")
+                raise MalformedRecord(f"{key}[{index}].content has a non-text part ({kind})")
             if not isinstance(part.get("text"), str):
-                raise MalformedRecord(f"messages[{index}].content text part has no string 'text'")
+                raise MalformedRecord(f"{key}[{index}].content text part has no string 'text'")
             texts.append(part["text"])
         return "\n".join(texts)
-    raise MalformedRecord(f"messages[{index}].content must be a string or a list of text parts")
+    raise MalformedRecord(f"{key}[{index}].content must be a string or a list of text parts")
 
 
 def _check_alpaca(obj: dict[str, Any]) -> dict[str, Any]:
@@ -128,10 +144,64 @@ def _check_text(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_preference(obj: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(obj.get("chosen"), list) or isinstance(obj.get("rejected"), list):
+        return _check_conversational_preference(obj)
     record = {key: _text_field(obj, key) for key in ("prompt", "chosen", "rejected")}
     if not record["chosen"].strip():
         raise MalformedRecord("'chosen' is empty (nothing to learn)")
     return record
+
+
+def _check_conversational_preference(obj: dict[str, Any]) -> dict[str, Any]:
+    answers = {}
+    for key in ("chosen", "rejected"):
+        value = obj.get(key)
+        if not isinstance(value, list):
+            what = "missing" if value is None else f"a {type(value).__name__}"
+            raise MalformedRecord(
+                f"'{key}' must be a list of messages like the other answer, got {what}"
+            )
+        answers[key] = _turns(value, key)
+    prompt = obj.get("prompt")
+    if prompt is None:
+        # TRL's implicit prompt: the turns both conversations share.
+        shared = 0
+        chosen, rejected = answers["chosen"], answers["rejected"]
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        turns = chosen[:shared]
+        answers = {"chosen": chosen[shared:], "rejected": rejected[shared:]}
+    elif isinstance(prompt, str):
+        turns = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list):
+        turns = _turns(prompt, "prompt")
+    else:
+        raise MalformedRecord(
+            f"'prompt' must be a list of messages or a string, got {type(prompt).__name__}"
+        )
+    if not _answers(answers["chosen"]):
+        raise MalformedRecord("'chosen' has no non-empty assistant message (nothing to learn)")
+    if not any(m["role"] == "assistant" for m in answers["rejected"]):
+        raise MalformedRecord("'rejected' has no assistant message (nothing to compare)")
+    return {"prompt": turns, **answers}
+
+
+def is_conversational(record: dict[str, Any]) -> bool:
+    """A preference record whose prompt and answers are lists of messages."""
+    return isinstance(record.get("chosen"), list)
+
+
+def preference_conversations(
+    record: dict[str, Any],
+) -> tuple[list[dict[str, str]], list[dict[str, str]], int]:
+    """The chosen and the rejected conversation of a preference record, and how many
+    leading turns of each are the shared prompt (the loss covers only the rest)."""
+    if is_conversational(record):
+        prompt = record["prompt"]
+        return [*prompt, *record["chosen"]], [*prompt, *record["rejected"]], len(prompt)
+    user = {"role": "user", "content": record["prompt"]}
+    chosen = [user, {"role": "assistant", "content": record["chosen"]}]
+    return chosen, [user, {"role": "assistant", "content": record["rejected"]}], 1
 
 
 CHECKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -144,9 +214,12 @@ CHECKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def map_texts(record: dict[str, Any], fmt: str, fn: Callable[[str], str]) -> dict[str, Any]:
     """A copy of the record with fn applied to every text field; roles and turns unchanged."""
-    if fmt == "messages":
-        return {"messages": [{**m, "content": fn(m["content"])} for m in record["messages"]]}
-    return {key: fn(value) for key, value in record.items()}
+    return {
+        key: [{**m, "content": fn(m["content"])} for m in value]
+        if isinstance(value, list)
+        else fn(value)
+        for key, value in record.items()
+    }
 
 
 def to_messages(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
@@ -163,10 +236,7 @@ def to_messages(record: dict[str, Any], fmt: str) -> list[dict[str, str]]:
             {"role": "assistant", "content": record["output"]},
         ]
     if fmt == "preference":
-        return [
-            {"role": "user", "content": record["prompt"]},
-            {"role": "assistant", "content": record["chosen"]},
-        ]
+        return preference_conversations(record)[0]
     raise ValueError(f"format {fmt} has no chat turns")
 
 
@@ -187,7 +257,13 @@ def content_text(record: dict[str, Any], fmt: str) -> str:
     """Everything a record says, as one string (for length checks and content hashes)."""
     if fmt == "messages":
         return "\n".join(f"{m['role']}: {m['content']}" for m in record["messages"])
-    return "\n".join(f"{key}: {record[key]}" for key in sorted(record))
+    return "\n".join(f"{key}: {_as_text(record[key])}" for key in sorted(record))
+
+
+def _as_text(value: str | list[dict[str, str]]) -> str:
+    if isinstance(value, str):
+        return value
+    return "\n".join(f"{m['role']}: {m['content']}" for m in value)
 
 
 def prompt_text(record: dict[str, Any], fmt: str) -> str | None:
@@ -201,6 +277,9 @@ def prompt_text(record: dict[str, Any], fmt: str) -> str | None:
 
 def visible_length(record: dict[str, Any], fmt: str) -> int:
     """Characters of actual content (roles and keys not counted)."""
-    if fmt == "messages":
-        return sum(len(m["content"].strip()) for m in record["messages"])
-    return sum(len(value.strip()) for value in record.values())
+    return sum(
+        sum(len(m["content"].strip()) for m in value)
+        if isinstance(value, list)
+        else len(value.strip())
+        for value in record.values()
+    )

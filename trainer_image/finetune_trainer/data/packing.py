@@ -67,7 +67,7 @@ def _documents(
     """Tokenised documents within maxSeqLength, the over-length policy applied and counted."""
     limit = dataset.max_seq_length
     policy = dataset.cleaning.overlength
-    _check_template(fmt, tokenizer, dataset)
+    check_template(fmt, tokenizer, dataset)
     tokenizing = RecordTokenizer(
         fmt, tokenizer, chat_template=dataset.chat_template, train_on_prompt=dataset.train_on_prompt
     )
@@ -92,7 +92,7 @@ def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
         yield batch
 
 
-def _check_template(fmt: str, tokenizer: Any, dataset: api.DatasetSpec) -> None:
+def check_template(fmt: str, tokenizer: Any, dataset: api.DatasetSpec) -> None:
     if (
         fmt != "text"
         and not dataset.chat_template

@@ -52,7 +52,10 @@ class RecordTokenizer:
         """The records' documents, in order; every record makes exactly one."""
         if self.fmt == "text":
             return self._text_documents([record["text"] for record in records])
-        rendered = self.chat.render_all([to_messages(record, self.fmt) for record in records])
+        return self.encode(self.chat.render_all([to_messages(r, self.fmt) for r in records]))
+
+    def encode(self, rendered: list[tuple[str, list[Span]]]) -> list[Document]:
+        """Documents of rendered conversations, learning the given character spans."""
         if not getattr(self.tokenizer, "is_fast", False):
             return [self._encode_pieces(text, spans) for text, spans in rendered]
         return self._encode_with_offsets(rendered)

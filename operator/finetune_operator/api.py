@@ -763,6 +763,15 @@ class Progress(ApiModel):
         None, description="Lowest validation loss so far (the base model's included)."
     )
     early_stopped: bool | None = Field(None, description="True once early stopping ended training.")
+    reward_accuracy: float | None = Field(
+        None, description="dpo: share of the latest step's pairs whose chosen answer won."
+    )
+    reward_margin: float | None = Field(
+        None, description="dpo: the latest step's mean chosen minus rejected reward."
+    )
+    eval_reward_accuracy: float | None = Field(
+        None, description="dpo: reward accuracy on the validation pairs, latest evaluation."
+    )
     tokens_per_second: float | None = Field(
         None, description="Non-padding tokens processed per second."
     )

@@ -48,6 +48,10 @@ JOB_GAUGES = (
      "eta_seconds"),
     ("finetune_job_attempts", "Ray clusters the job started: 0 while waiting, then 1 + retries.",
      "attempts"),
+    ("finetune_job_reward_accuracy", "DPO jobs: share of the latest step's preference pairs "
+     "whose chosen answer the model prefers.", "reward_accuracy"),
+    ("finetune_job_eval_reward_accuracy", "DPO jobs: reward accuracy on the validation pairs, "
+     "latest evaluation.", "eval_reward_accuracy"),
 )  # fmt: skip
 
 
@@ -62,6 +66,8 @@ class JobSnapshot:
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     attempts: float | None = None
+    reward_accuracy: float | None = None
+    eval_reward_accuracy: float | None = None
 
     @classmethod
     def of(cls, status: FineTuneJobStatus) -> JobSnapshot:
@@ -79,6 +85,8 @@ class JobSnapshot:
             tokens_per_second=progress.tokens_per_second,
             eta_seconds=progress.eta_seconds,
             attempts=attempts,
+            reward_accuracy=progress.reward_accuracy,
+            eval_reward_accuracy=progress.eval_reward_accuracy,
         )
 
 

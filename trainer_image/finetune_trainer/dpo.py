@@ -247,9 +247,7 @@ class PreferenceObjective:
                 totals[index, -1] += per_pair.shape[0]
         dist.all_reduce(totals)
         engine.train(was_training)
-        return {
-            name: _means(totals[i].tolist()) for i, name in enumerate(splits)
-        }
+        return {name: _means(totals[i].tolist()) for i, name in enumerate(splits)}
 
 
 def _means(sums: list[float]) -> dict[str, float]:
@@ -275,7 +273,9 @@ def objective_for(
     loss = PreferenceLoss(method.dpo.beta, method.dpo.loss_type, method.dpo.label_smoothing)
     if method.type != "full":
         return PreferenceObjective(loss, AdapterReference())
-    return PreferenceObjective(loss, FrozenReference(load_reference(spec, model_dir, device, dtype)))
+    return PreferenceObjective(
+        loss, FrozenReference(load_reference(spec, model_dir, device, dtype))
+    )
 
 
 def load_reference(

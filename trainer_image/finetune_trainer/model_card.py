@@ -40,6 +40,7 @@ def model_card(
         f"{spec.method.type} by finetune-operator.",
         *_data(spec.dataset, data_report),
         *_training(spec),
+        *_preferences(spec, metrics),
         "",
         "## Results",
         "",
@@ -94,6 +95,8 @@ def _training(spec: api.FineTuneJobSpec) -> list[str]:
         "DeepSpeed ZeRO stage": spec.deepspeed.zero_stage,
         "seed": hp.seed,
     }
+    if spec.method.objective == "dpo":
+        settings["objective"] = _dpo_settings(spec.method.dpo)
     if spec.method.type != "full":
         lora = spec.method.lora
         settings["LoRA"] = (
@@ -102,6 +105,48 @@ def _training(spec: api.FineTuneJobSpec) -> list[str]:
         )
     lines = ["", "## Training", "", "| setting | value |", "|---|---|"]
     return lines + [f"| {k} | {v} |" for k, v in settings.items() if v is not None]
+
+
+def _dpo_settings(dpo: api.DpoSpec) -> str:
+    smoothing = f", label smoothing {dpo.label_smoothing}" if dpo.loss_type == "robust" else ""
+    return f"DPO, {dpo.loss_type} loss, beta {dpo.beta}{smoothing}"
+
+
+# (metrics.json prefix, the card's column) for the DPO table
+PREFERENCE_SPLITS = (("train", "train (last 10 steps)"), ("eval", "validation"), ("test", "test"))
+PREFERENCE_STATS = (
+    ("reward_accuracy", "reward accuracy (chosen reward > rejected)"),
+    ("reward_margin", "reward margin (chosen - rejected)"),
+    ("chosen_reward", "chosen reward"),
+    ("rejected_reward", "rejected reward"),
+    ("chosen_logp", "chosen log-prob"),
+    ("rejected_logp", "rejected log-prob"),
+)
+
+
+def _preferences(spec: api.FineTuneJobSpec, metrics: dict[str, Any]) -> list[str]:
+    """DPO's own numbers by split: rewards are beta x log(policy / reference) of an answer,
+    the reference being the base model."""
+    if spec.method.objective != "dpo":
+        return []
+    splits = [(p, name) for p, name in PREFERENCE_SPLITS if f"{p}_reward_accuracy" in metrics]
+    if not splits:
+        return []
+    lines = [
+        "",
+        "## Preferences",
+        "",
+        f"Trained with DPO to prefer each pair's chosen answer over its rejected one. A reward "
+        f"is beta ({spec.method.dpo.beta}) times the log-ratio of an answer's probability under "
+        "this model and under the base model.",
+        "",
+        f"| | {' | '.join(name for _, name in splits)} |",
+        "|---" * (len(splits) + 1) + "|",
+    ]
+    for stat, label in PREFERENCE_STATS:
+        values = " | ".join(_plain(metrics[f"{p}_{stat}"]) for p, _ in splits)
+        lines.append(f"| {label} | {values} |")
+    return lines
 
 
 def _use(spec: api.FineTuneJobSpec) -> list[str]:

@@ -54,7 +54,15 @@ class ProgressView:
 
     def update(self, row: dict[str, Any], total_steps: int) -> None:
         if "eval_loss" in row:
-            self.console.print(f"step {row['step']}: validation loss {row['eval_loss']:.4f}")
+            rewards = (
+                f", reward accuracy {row['eval_reward_accuracy']:.2f}, margin "
+                f"{row['eval_reward_margin']:.3f}"
+                if "eval_reward_accuracy" in row  # dpo
+                else ""
+            )
+            self.console.print(
+                f"step {row['step']}: validation loss {row['eval_loss']:.4f}{rewards}"
+            )
         if "loss" not in row:  # the baseline evaluation before the first step
             return
         loss, speed = f"{row['loss']:.4f}", f"{row['tokens_per_second']:,.0f}"

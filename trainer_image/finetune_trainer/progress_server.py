@@ -72,6 +72,11 @@ class ProgressBoard:
                 progress.best_eval_loss = (
                     row["eval_loss"] if best is None else min(best, row["eval_loss"])
                 )
+            if "reward_accuracy" in row:  # dpo
+                progress.reward_accuracy = row["reward_accuracy"]
+                progress.reward_margin = row["reward_margin"]
+            if "eval_reward_accuracy" in row:
+                progress.eval_reward_accuracy = row["eval_reward_accuracy"]
             if row.get("stopped_early"):
                 progress.early_stopped = True
 

@@ -33,6 +33,7 @@ def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, model_dir
     stats: dict[str, Any] = {}
     for split in ("train", "validation", "test"):
         records = getattr(prepared, split)
+        split_stats: dict[str, Any]
         if not records:
             rows[split], split_stats = [], {}
         elif spec.method.objective == "dpo":  # one row per pair: the batch counts pairs

@@ -51,10 +51,14 @@ def dpo_job(method: str = "lora", **dpo_settings) -> MakeJob:
         .train("prefs.jsonl", fmt="preference")
         .spec(
             method={"type": method, "objective": "dpo", "dpo": {"beta": 0.5, **dpo_settings}},
-            hyperparameters={"batchSize": 8, "microBatchSize": 4, "learningRate": 1e-2,
-                             "maxSteps": 12},
+            hyperparameters={
+                "batchSize": 8,
+                "microBatchSize": 4,
+                "learningRate": 1e-2,
+                "maxSteps": 12,
+            },
             evaluation={"metrics": ["loss"]},
-        )  # fmt: skip
+        )
     )
 
 
@@ -91,9 +95,9 @@ def test_lora_dpo_learns_separable_preferences(dpo_dir, single_process_group):
     spec, splits, engine, objective, pad = setup(dpo_dir, dpo_job())
     assert isinstance(objective.reference, dpo.AdapterReference)
     # One row per pair; the batch counts pairs.
-    assert len(splits.rows["train"]) + len(splits.rows["validation"]) + len(
-        splits.rows["test"]
-    ) == 72
+    assert (
+        len(splits.rows["train"]) + len(splits.rows["validation"]) + len(splits.rows["test"]) == 72
+    )
     before = evaluate(engine, objective, splits.rows["validation"], pad)
     rows = train(spec, splits, engine, objective, pad, 12)
     after = evaluate(engine, objective, splits.rows["validation"], pad)
@@ -109,3 +113,50 @@ def test_lora_dpo_learns_separable_preferences(dpo_dir, single_process_group):
         assert stats["reward_margin"] == pytest.approx(
             stats["chosen_reward"] - stats["rejected_reward"], rel=1e-5, abs=1e-6
         )
+
+
+def test_lora_reference_is_the_base_model_with_the_adapter_off(dpo_dir, single_process_group):
+    spec, splits, engine, objective, pad = setup(dpo_dir, dpo_job())
+    train(spec, splits, engine, objective, pad, 3)
+    model = engine.module  # the peft model inside the DeepSpeed engine
+    adapters = {name: m for name, m in model.named_modules() if name.split(".")[-2:-1]
+                in (["lora_A"], ["lora_B"])}  # fmt: skip
+    assert adapters and any(m.weight.abs().sum() > 0 for n, m in adapters.items() if "lora_B" in n)
+    calls: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, n=n: calls.append(n)) for n, m in adapters.items()]
+    batch = dpo.collate_pairs(splits.rows["validation"][:4], pad, torch.float32)
+    try:
+        reference = objective.reference.log_probs(engine, batch)
+        assert calls == []  # the reference pass never touches an adapter weight
+        with torch.no_grad():
+            policy = dpo.sequence_log_probs(engine, batch)
+        assert len(calls) == len(adapters)  # the policy pass uses every one
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # The reference equals the base model as saved, loaded fresh without any adapter.
+    base = load_base_model(dpo_dir / "model", spec.model, dtype=torch.float32, quantize_4bit=False)
+    with torch.no_grad():
+        from_disk = dpo.sequence_log_probs(base.eval(), batch)
+    torch.testing.assert_close(reference, from_disk, atol=1e-5, rtol=1e-5)
+    assert (policy - reference).abs().max() > 1e-3  # training moved the policy away
+    # One copy of the base weights: the reference holds no model of its own, and the
+    # trained model's frozen (non-adapter) parameters are exactly the base model's.
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(objective.reference).values())
+    frozen = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    assert frozen == sum(p.numel() for p in base.parameters())
+
+
+def test_full_dpo_keeps_a_frozen_reference_copy(dpo_dir, single_process_group):
+    spec, splits, engine, objective, pad = setup(dpo_dir, dpo_job("full"))
+    reference_model = objective.reference.model
+    assert not any(p.requires_grad for p in reference_model.parameters())
+    trained = {p.data_ptr() for p in engine.module.parameters()}
+    assert not trained & {p.data_ptr() for p in reference_model.parameters()}
+    batch = dpo.collate_pairs(splits.rows["validation"][:4], pad, torch.float32)
+    before = objective.reference.log_probs(engine, batch)
+    rows = train(spec, splits, engine, objective, pad, 2)
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
+    torch.testing.assert_close(objective.reference.log_probs(engine, batch), before)
+    with torch.no_grad():
+        assert (dpo.sequence_log_probs(engine, batch) - before).abs().max() > 1e-3

@@ -173,3 +173,21 @@ def test_overlong_pairs_are_truncated_or_dropped_whole(workspace):
     assert restart == 32 and len(rows[0]["input_ids"]) - restart <= 32
     rows, stats = build("drop")
     assert stats["overlength"]["dropped"] == 2 and rows == []
+
+
+def test_prepare_previews_the_token_counts_of_dpo_pairs(workspace, tmp_path):
+    from finetune_trainer.data.command import add_token_stats
+
+    tokenizer = load_tokenizer(workspace / "model", MakeJob.trainer().typed_spec().model)
+    dataset = MakeJob.trainer().typed_spec().dataset
+    records = [check_record(pair(i), "preference") for i in range(6)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sft, dpo = {"format": "preference"}, {"format": "preference"}
+    add_token_stats(sft, train, tokenizer, dataset, None)
+    add_token_stats(dpo, train, tokenizer, dataset, None, pairs=True)
+    # A DPO row holds the chosen and the rejected conversation; sft learns prompt + chosen.
+    assert dpo["rows"] == 6 and dpo["tokens"] > sft["tokens"]
+    assert dpo["tokens"] == sum(
+        len(r["input_ids"]) for r in build_pairs(records, tokenizer, dataset)[0]
+    )

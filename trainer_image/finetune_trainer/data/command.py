@@ -14,6 +14,7 @@ from finetune_operator.validation import InvalidSpec, load_job_file
 from finetune_trainer import storage
 from finetune_trainer.data.engines import workers_from_env
 from finetune_trainer.data.packing import token_stats
+from finetune_trainer.data.pairs import build_pairs
 from finetune_trainer.data.pipeline import stream_prepared, write_report
 from finetune_trainer.data.report import summary_lines
 from finetune_trainer.errors import DataError, ModelSourceError
@@ -49,7 +50,8 @@ def _prepare(job_path: Path, output_dir: Path) -> dict[str, Any]:
     workers = workers_from_env(redact=job.spec.dataset.cleaning.redact_pii)
     report = stream_prepared(job.spec, output_dir, base_dir=base_dir, workers=workers)
     tokenizer, note = tokenizer_for_stats(job.spec, base_dir=base_dir)
-    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note)
+    add_token_stats(report, output_dir / "train.jsonl", tokenizer, job.spec.dataset, note,
+                    pairs=job.spec.method.objective == "dpo")  # fmt: skip
     write_report(report, output_dir)
     return report
 
@@ -89,15 +91,21 @@ def add_token_stats(
     tokenizer: Any,
     dataset: api.DatasetSpec,
     note: str | None,
+    *,
+    pairs: bool = False,
 ) -> None:
-    """Fill tokens, padding_ratio and overlength in the report from the training records."""
+    """Fill tokens, padding_ratio and overlength in the report from the training records
+    (as DPO's pair rows when `pairs`)."""
     if tokenizer is None:
         report["tokenizer_note"] = note
         return
     with open(train_file, encoding="utf-8") as lines:
         records = (json.loads(line) for line in lines)
         try:
-            stats = token_stats(records, report["format"], tokenizer, dataset)
+            if pairs:
+                stats = build_pairs(list(records), tokenizer, dataset)[1]
+            else:
+                stats = token_stats(records, report["format"], tokenizer, dataset)
         except DataError as error:
             report["tokenizer_note"] = str(error)
             return

@@ -1,11 +1,12 @@
 """Generate examples/quickstart/data/preferences.jsonl: preference pairs for examples/dpo.yaml.
 
 Each pair asks a quickstart question (arithmetic, capitals, opposites); the chosen answer
-is right and the rejected one wrong, so DPO on the quickstart model visibly learns to
-prefer right answers. Most records are conversational (TRL's form: `prompt`, `chosen`
-and `rejected` as lists of messages), some plain strings, some with the prompt left
-implicit (shared turns of chosen and rejected); two malformed lines are planted on
-purpose so the data report has something to count.
+is right, the rejected one wrong or evasive, so DPO on the quickstart model (which has
+never seen these tasks) visibly learns to prefer answering, and in part answering right.
+Most records are conversational (TRL's form: `prompt`, `chosen` and `rejected` as lists of
+messages), some plain strings, some with the prompt left implicit (shared turns of chosen
+and rejected); two malformed lines are planted on purpose so the data report has
+something to count.
 
     python examples/quickstart/make_preferences.py   # rewrites the file, deterministically
 """
@@ -49,8 +50,15 @@ def question_and_answers(rng: random.Random) -> tuple[str, str, str]:
     return question, say.format(table[key]), say.format(other)
 
 
+# What a model should not say: rejected answers that dodge the question.
+EVASIONS = ["I would rather not say.", "Nobody knows that.", "Ask someone else.",
+            "That is not something I answer."]  # fmt: skip
+
+
 def record(rng: random.Random, index: int) -> dict:
     question, right, wrong = question_and_answers(rng)
+    if index % 2:  # half the rejected answers are wrong, half evasive
+        wrong = rng.choice(EVASIONS)
     user = {"role": "user", "content": question}
     if index % 10 == 3:  # plain strings
         return {"prompt": question, "chosen": right, "rejected": wrong}

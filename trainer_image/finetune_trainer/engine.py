@@ -96,13 +96,15 @@ def gradient_checkpointing(
     _, total = count_parameters(base)
     shape = ModelShape.of(base.config, total)
     micro = plan_batch(hp.batch_size, world, hp.micro_batch_size).micro_batch_size
+    # A DPO row is a pair: two conversations of up to maxSeqLength each.
+    sequences = micro * (2 if spec.method.objective == "dpo" else 1)
     estimate = None
     if shape is not None:
         estimate = estimate_memory(
             shape,
             method=spec.method.type,
             precision=precision,
-            tokens=micro * spec.dataset.max_seq_length,
+            tokens=sequences * spec.dataset.max_seq_length,
             zero_stage=spec.deepspeed.zero_stage,
             world=world,
         )

@@ -50,7 +50,7 @@ def test_an_interrupted_dpo_run_resumes_and_reports_its_rewards(local_ray, job_d
     # The base model is the reference: before training every reward is 0, the loss log 2.
     assert evaluations[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert evaluations[0]["eval_reward_accuracy"] == 0.0
-    assert evaluations[-1]["eval_reward_accuracy"] > 0.5
+    assert evaluations[-1]["eval_reward_accuracy"] > 0.9  # separable pairs, two ranks
     assert evaluations[-1]["eval_loss"] < math.log(2)
     for row in rows:
         if "loss" in row:

@@ -57,3 +57,46 @@ def test_progress_is_served_only_inside_the_block_and_only_when_asked(monkeypatc
     monkeypatch.delenv(PORT_ENV)
     with serving(ProgressBoard()), pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+
+
+
+def test_ray_starts_on_the_main_thread_while_the_records_are_tokenised(job_dir, monkeypatch):
+    # Ray sets its signal handlers only from the main thread; tokenising (the tokenizer's and
+    # torch's imports, then the records) overlaps it, with the same rows and report.
+    import threading
+
+    import finetune_trainer.rows
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    plan = plan_run(write_job(job_dir, MakeJob.trainer().obj()), output=None, workers=1)
+    tokenizing, threads = threading.Event(), {}
+    real_tokenize = finetune_trainer.rows.tokenize_splits
+
+    def tokenize(*args):
+        threads["tokenize"] = threading.current_thread()
+        tokenizing.set()
+        return real_tokenize(*args)
+
+    def start_ray() -> None:
+        threads["ray"] = threading.current_thread()
+        assert tokenizing.wait(timeout=60), "the records were not tokenised beside Ray's start"
+
+    monkeypatch.setattr(finetune_trainer.rows, "tokenize_splits", tokenize)
+    data = prepare_data(plan, alongside=start_ray)
+    assert threads["ray"] is threading.main_thread() is not threads["tokenize"]
+    assert data.report == json.loads((job_dir / "out" / "data_report.json").read_text())
+    assert data.report["tokens"] > 0 and data.splits.total_steps == 4
+
+
+def test_a_refused_rerun_starts_no_ray(job_dir, monkeypatch):
+    from finetune_operator.errors import UserError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    run = job_dir / "out" / "checkpoints" / "tiny"
+    (run / "checkpoint_step_00000004").mkdir(parents=True)
+    (run / "lineage.json").write_text(json.dumps({"spec": {}, "data": {}, "ranks": 2}))
+    plan = plan_run(write_job(job_dir, MakeJob.trainer().obj()), output=None, workers=1)
+    started: list[str] = []
+    with pytest.raises(UserError, match="learningRate"):
+        prepare_data(plan, alongside=lambda: started.append("ray"))
+    assert started == []

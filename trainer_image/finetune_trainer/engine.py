@@ -98,7 +98,7 @@ def skip_cpu_shm_comm() -> None:
     run (and of every run where the torch_extensions cache was built by another install)."""
     # By module path: the attribute deepspeed.comm.torch is torch itself (a star import).
     backend = importlib.import_module("deepspeed.comm.torch")
-    backend.build_shm_op = lambda: None
+    backend.build_shm_op = lambda: None  # type: ignore[attr-defined]
 
 
 def gradient_checkpointing(

@@ -2,9 +2,8 @@
 
 `_run` reads like a table of contents; each step is one function below it, and the work
 itself lives in its own module. Locally it starts a small Ray instance once the input is
-known good: before the data stage when that runs on Ray Data (redaction), else while the
-records are tokenised; inside a RayJob (RAY_ADDRESS set) it joins that cluster first,
-because the cluster's resources decide the worker layout.
+known good, before the data stage (which runs on Ray Data); inside a RayJob (RAY_ADDRESS
+set) it joins that cluster first, because the cluster's resources decide the worker layout.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
 from finetune_operator.errors import EXIT_BAD_INPUT, UserError
@@ -104,7 +103,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: boo
     from finetune_trainer.progress import ProgressView, summary_table
 
     plan = plan_run(job_path, output=output, workers=workers, fresh=fresh)
-    data = prepare_data(plan, alongside=cluster.connect if plan.local else None)
+    data = prepare_data(plan)
     claim_checkpoints(plan, data)
     view, board = ProgressView(), ProgressBoard()
     with serving(board):  # /progress for the operator, when it asks for one
@@ -151,14 +150,9 @@ def plan_run(
     return RunPlan(job, base_dir, out, workers_layout, model_dir, local, fresh)
 
 
-def prepare_data(plan: RunPlan, *, alongside: Callable[[], None] | None = None) -> RunData:
+def prepare_data(plan: RunPlan) -> RunData:
     """Clean, split and tokenise the records; refuse checkpoints another job made; write
-    the splits and data_report.json.
-
-    `alongside` runs on this (the main) thread while the records are tokenised in another:
-    locally, the start of the Ray instance (seconds of process start-ups, mostly waiting),
-    which must happen on the main thread, where Ray sets its signal handlers. It comes
-    after the checks on the records, so a refused run starts no Ray."""
+    the splits and data_report.json."""
     from finetune_trainer.data import prepare_records, write_prepared
     from finetune_trainer.data.engines import workers_from_env
     from finetune_trainer.rows import tokenize_splits
@@ -166,20 +160,12 @@ def prepare_data(plan: RunPlan, *, alongside: Callable[[], None] | None = None) 
     # Redaction runs on Ray Data, so Ray is up (started here, locally) first.
     workers = workers_from_env(redact=plan.spec.dataset.cleaning.redact_pii)
     prepared = prepare_records(plan.spec, base_dir=plan.base_dir, workers=workers)
+    splits = tokenize_splits(prepared, plan.spec, plan.model_dir)
     records = {"train": prepared.train, "validation": prepared.validation}
     run_lineage = lineage.lineage_of(plan.spec, records, plan.workers.world_size)
     # Before anything is written: a refused run leaves the old run's files as they were.
     lineage.check(plan.out.checkpoint_storage, plan.name, run_lineage, fresh=plan.fresh,
                   zero_stage=plan.spec.deepspeed.zero_stage)  # fmt: skip
-    tokenizing = _Background(
-        lambda: tokenize_splits(prepared, plan.spec, plan.model_dir), name="finetune-tokenize"
-    )
-    tokenizing.start()
-    if alongside is not None:
-        alongside()
-    tokenizing.join()
-    tokenizing.reraise()
-    splits = cast("Splits", tokenizing.result)
     # Written once, after tokenising: the report carries the rows' token counts too.
     report = prepared.report | splits.stats
     write_prepared(replace(prepared, report=report), plan.out.local_dir)
@@ -316,17 +302,16 @@ def _on_interrupt(progress_tracker: Any) -> None:
 
 
 class _Background(threading.Thread):
-    """Runs one call in a daemon thread and keeps what it returned or raised for the caller."""
+    """Runs one call in a daemon thread and keeps what it raised for the caller."""
 
-    def __init__(self, call: Callable[[], object], name: str = "finetune-fit") -> None:
-        super().__init__(daemon=True, name=name)
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__(daemon=True, name="finetune-fit")
         self.call = call
-        self.result: object = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.result = self.call()
+            self.call()
         except BaseException as error:  # handed to the main thread by reraise()
             self.error = error
 

@@ -6,24 +6,28 @@ every linear layer), global batch (8 sequences), learning rate and schedule, in 
 the CPU with the machine's cores. The baseline pads each batch to its longest sequence
 and does not pack, as HF's own examples do; ours runs the job's defaults (packing).
 
-Every run is a fresh process, timed from start to exit. Per repeat, interleaved: ours 1
-step, baseline 1 step, ours 1 epoch, baseline 1 epoch. The 1-step run carries all the
+Every run is a fresh process, timed from start to exit. The 1-step run carries all the
 fixed costs (interpreter, imports, Ray, the data stage, loading, saving), so
 
     steady tokens/s = (tokens of an epoch - tokens of one step) / (T_epoch - T_1step)
 
 with each system's own non-padding training tokens (the same text), and start-up is
-T_1step. Prints each run and the ratios ours/baseline (medians over the repeats).
+T_1step. Each repeat runs the four (ours and the baseline, 1 step and 1 epoch) back to
+back, the systems' order alternating between repeats, and gives its own ratios
+ours/baseline: runs side by side meet the same load from whatever else the machine runs.
+Prints every run, each repeat's ratios, and their median with the range (the spread).
 
-The quickstart's records are short (about 23 tokens), so packed rows of 128 tokens make
-an epoch of a dozen steps from 600 records; longer rows would make it one or two.
+The epoch must be long against the start-up's noise (a few seconds on a busy machine):
+the quickstart's records (about 23 tokens each) are repeated to --records, and packed rows
+of 128 tokens make about 40 steps of 8 rows per 1,000 records.
 
-    python bench/train_throughput.py [--repeats 2] [--records 600] [--max-seq-length 128]
+    python bench/train_throughput.py [--repeats 3] [--records 3000] [--max-seq-length 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -41,8 +45,8 @@ BATCH, LEARNING_RATE, LORA_R, LORA_ALPHA, SEED = 8, 5e-3, 16, 32, 42
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--records", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--hidden-size", type=int, default=768)
     parser.add_argument("--baseline-run", type=Path, help=argparse.SUPPRESS)  # a child run
@@ -56,48 +60,56 @@ def main() -> int:
 def compare(work: Path, args: argparse.Namespace) -> int:
     from finetune_trainer.tiny_model import write_tiny_model
 
-    lines = RECORDS.read_text(encoding="utf-8").splitlines()[: args.records]
+    lines = RECORDS.read_text(encoding="utf-8").splitlines()
     data = work / "train.jsonl"
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data.write_text("\n".join(itertools.islice(itertools.cycle(lines), args.records)) + "\n")
     write_tiny_model(work / "model", [data], hidden_size=args.hidden_size)
-    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    print(f"load before: {load_average()}", flush=True)
+    steady_ratios, startup_ratios = [], []
     for repeat in range(args.repeats):
+        systems = ("ours", "baseline") if repeat % 2 == 0 else ("baseline", "ours")
+        runs: dict[tuple[str, str], dict[str, float]] = {}
         for length in ("step", "epoch"):
-            for system, run in (("ours", ours), ("baseline", baseline)):
+            for system in systems:
+                run = ours if system == "ours" else baseline
                 result = run(work, f"{system}-{length}-{repeat}", length, args.max_seq_length)
-                runs.setdefault((system, length), []).append(result)
+                runs[system, length] = result
                 print(
                     f"{system:8} 1 {length:5}  {result['seconds']:7.1f} s  "
                     f"{result['steps']:4.0f} steps  {result['tokens']:8.0f} tokens",
                     flush=True,
                 )
-    summary = {
-        system: summarise(runs[system, "step"], runs[system, "epoch"])
-        for system in ("ours", "baseline")
-    }
-    for system, numbers in summary.items():
+        speed = {s: steady(runs[s, "step"], runs[s, "epoch"]) for s in systems}
+        steady_ratios.append(speed["ours"] / speed["baseline"])
+        startup_ratios.append(runs["ours", "step"]["seconds"] / runs["baseline", "step"]["seconds"])
         print(
-            f"{system:8} steady {numbers['steady']:9.0f} tokens/s   "
-            f"start-up (1-step run) {numbers['startup']:6.1f} s"
+            f"repeat {repeat}: steady ours {speed['ours']:.0f} vs baseline "
+            f"{speed['baseline']:.0f} tokens/s = {steady_ratios[-1]:.2f}x; start-up "
+            f"{runs['ours', 'step']['seconds']:.1f} vs {runs['baseline', 'step']['seconds']:.1f} s"
+            f" = {startup_ratios[-1]:.2f}x   (load {load_average()})",
+            flush=True,
         )
-    steady = summary["ours"]["steady"] / summary["baseline"]["steady"]
-    startup = summary["ours"]["startup"] / summary["baseline"]["startup"]
     print(
-        f"ratio ours/baseline: steady throughput {steady:.2f}x (goal >= 2), "
-        f"start-up {startup:.2f}x (goal <= 2)"
+        f"ratio ours/baseline over {args.repeats} repeats, median [min, max]: "
+        f"steady throughput {spread(steady_ratios)} (goal >= 2), "
+        f"start-up {spread(startup_ratios)} (goal <= 2)"
     )
     return 0
 
 
-def summarise(steps: list[dict[str, float]], epochs: list[dict[str, float]]) -> dict[str, float]:
-    speeds = []
-    for one, epoch in zip(steps, epochs, strict=True):
-        one_step_tokens = epoch["tokens"] / epoch["steps"]
-        speeds.append((epoch["tokens"] - one_step_tokens) / (epoch["seconds"] - one["seconds"]))
-    return {
-        "steady": statistics.median(speeds),
-        "startup": statistics.median(r["seconds"] for r in steps),
-    }
+def steady(one: dict[str, float], epoch: dict[str, float]) -> float:
+    """Tokens per second of the steps after the first: the epoch less the 1-step run."""
+    one_step_tokens = epoch["tokens"] / epoch["steps"]
+    return (epoch["tokens"] - one_step_tokens) / (epoch["seconds"] - one["seconds"])
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x [{min(values):.2f}, {max(values):.2f}]"
+
+
+def load_average() -> str:
+    """The 1-minute load average against the CPUs: the other work timings share them with."""
+    return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
 
 
 def ours(work: Path, name: str, length: str, max_seq_length: int) -> dict[str, float]:

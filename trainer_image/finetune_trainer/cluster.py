@@ -10,6 +10,13 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 VERBOSE_ENV = "FINETUNE_VERBOSE"
 # A small object store: the prepared rows are the biggest objects we put in it.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+# Ray Train extras a single machine has no use for, each a process or work at start-up: the
+# watcher of node preemption (spot nodes of a cluster) and metrics for a dashboard that a
+# local instance does not run. Set only where the user has not set them.
+LOCAL_RAY_TRAIN_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
 
 
 def in_cluster() -> bool:
@@ -32,6 +39,8 @@ def connect() -> None:
         ray.init(log_to_driver=True)
         return
     reaper.start()  # before Ray starts, so that everything it starts carries the mark
+    for name, value in LOCAL_RAY_TRAIN_ENV.items():  # inherited by every Ray process
+        os.environ.setdefault(name, value)
     ray.init(
         num_cpus=os.cpu_count() or 1,
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ def build_engine(
 
     hp = spec.hyperparameters
     cuda = torch.cuda.is_available()
+    if not cuda:
+        skip_cpu_shm_comm()
     # Ray Train already made the process group; DeepSpeed adopts it (its config reads the
     # world size from it, and ZeRO-3's HfDeepSpeedConfig parses the config right below).
     deepspeed.init_distributed(dist_backend=dist.get_backend())
@@ -84,6 +87,18 @@ def build_engine(
         # DeepSpeed compiles the module it wraps, so its hooks (ZeRO) stay outside the graph.
         engine.compile()
     return engine, model
+
+
+def skip_cpu_shm_comm() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce when it sets up comms.
+
+    That C++ op serves only DeepSpeed's inference tensor parallelism (inference_all_reduce,
+    which falls back to torch.distributed without it); training reduces through the process
+    group. Built on first use with gcc, it cost 30-80 s of every fresh install's first CPU
+    run (and of every run where the torch_extensions cache was built by another install)."""
+    # By module path: the attribute deepspeed.comm.torch is torch itself (a star import).
+    backend = importlib.import_module("deepspeed.comm.torch")
+    backend.build_shm_op = lambda: None  # type: ignore[attr-defined]
 
 
 def gradient_checkpointing(

@@ -11,16 +11,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
 
 from finetune_trainer.data.formats import MalformedRecord, check_record, map_texts, visible_length
 from finetune_trainer.data.normalize import normalize_text
-from finetune_trainer.data.pii import Redactor
 from finetune_trainer.data.readers import RawRecord
 from finetune_trainer.data.report import DataReport
 from finetune_trainer.errors import DataError
+
+if TYPE_CHECKING:  # Presidio and spaCy take seconds to import: only a redacting job loads them
+    from finetune_trainer.data.pii import Redactor
 
 
 @dataclass
@@ -37,7 +39,11 @@ class Cleaned:
 
 def make_redactor(cleaning: api.CleaningSpec) -> Redactor | None:
     """The job's redactor (loads the NER model: build one per process and reuse it)."""
-    return Redactor(cleaning.pii) if cleaning.redact_pii else None
+    if not cleaning.redact_pii:
+        return None
+    from finetune_trainer.data.pii import Redactor
+
+    return Redactor(cleaning.pii)
 
 
 def clean_item(

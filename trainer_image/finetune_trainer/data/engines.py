@@ -12,14 +12,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from finetune_operator import api
 from finetune_operator.errors import UserError
 
 from finetune_trainer.data.clean import Cleaned, clean_item, make_redactor
-from finetune_trainer.data.pii import Redactor
 from finetune_trainer.data.readers import SourceLineage, read_source
+
+if TYPE_CHECKING:
+    from finetune_trainer.data.pii import Redactor
 
 WORKERS_ENV = "FINETUNE_DATA_WORKERS"  # unset: one per CPU of the Ray cluster; 0: the driver
 DEFAULT_BLOCK_RECORDS = 64  # records per Ray Data block: small, since one costs ~1 s of NER

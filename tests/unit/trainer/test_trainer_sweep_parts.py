@@ -87,3 +87,19 @@ def test_a_trial_s_state_comes_from_its_folder_before_tune_s_status(tmp_path):
     assert state_of(tmp_path, "TERMINATED") == "stopped"
     (tmp_path / TRIAL_METRICS).write_text("{}")
     assert state_of(tmp_path, "TERMINATED") == "done"
+
+
+def test_the_sweep_reaches_the_job_s_status_through_the_progress_contract():
+    import json
+
+    from finetune_operator.progress_status import parse_body, with_snapshot
+    from finetune_trainer.progress_server import ProgressBoard
+
+    board = ProgressBoard()
+    board.swept(tally(RECORDS, spec().sweep))
+    snapshot = parse_body(json.dumps(board.snapshot()).encode())
+    status = with_snapshot(api.FineTuneJobStatus(), snapshot, "2026-12-07T00:00:00Z")
+    wire = status.to_wire()["progress"]["sweep"]
+    assert (wire["done"], wire["stopped"], wire["running"]) == (2, 1, 1)
+    assert wire["best"] == {"id": "c", "metric": 2.0, "hyperparameters": {"lora.r": 8}}
+    assert wire["display"] == "3/5 (1 stopped)"

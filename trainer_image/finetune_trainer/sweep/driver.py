@@ -41,9 +41,15 @@ def run_sweep(plan: RunPlan, data: RunData, board: ProgressBoard) -> tuple[int, 
     shared = _shared(plan, data)
     seen: list[list[tally.TrialRecord]] = [[]]
 
+    said: dict[str, str] = {}
+
     def on_trials(records: list[tally.TrialRecord]) -> None:
         seen[0] = records
         board.swept(tally.tally(records, sweep))
+        for record in records:  # one line per trial as it starts, settles or fails
+            if said.get(record.id) != record.state and record.state != "pending":
+                said[record.id] = record.state
+                print(f"trial {record.id} {record.state}: {_described(record, sweep.metric)}")
 
     stop_listening = tally.listen(on_trials)
     try:
@@ -74,6 +80,14 @@ def run_sweep(plan: RunPlan, data: RunData, board: ProgressBoard) -> tuple[int, 
         "sweep_trials_stopped": float(sum(r.state == "stopped" for r in records)),
     }
     return 0, publish(replace(plan, job=best_job), data, metrics, 0, board)
+
+
+def _described(record: tally.TrialRecord, metric: str) -> str:
+    values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record.hyperparameters.items())  # fmt: skip
+    if record.metric is None:
+        return values
+    return f"{values}; {metric} {record.metric:.4f} at step {record.step}"
 
 
 def _shared(plan: RunPlan, data: RunData) -> TrialShared:
@@ -164,7 +178,9 @@ def _scheduler(plan: RunPlan, shared: TrialShared) -> Any:
     return tally.StoppingRecorder(
         plan.out.local_dir,
         time_attr="step",
-        max_t=shared.total_steps,
+        # Past the last step: ASHA stops every trial that reaches max_t, and one that
+        # trained to the end is to finish (and save its weights), not to be stopped.
+        max_t=shared.total_steps + 1,
         grace_period=sweep.scheduler.grace_period or every,
         reduction_factor=sweep.scheduler.reduction_factor,
     )

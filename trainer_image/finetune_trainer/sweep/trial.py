@@ -74,7 +74,7 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
             setup, layout=shared.workers, name=name, storage=shared.checkpoint_storage
         )
     )
-    follower = _TrialFollower(progress, out / HISTORY, spec.sweep)
+    follower = _TrialFollower(progress, out / HISTORY, spec.sweep, shared.total_steps)
     fitting.start()
     while fitting.is_alive():
         fitting.join(timeout=POLL_SECONDS)
@@ -99,8 +99,11 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
 class _TrialFollower:
     """Appends the trial's rows to its history.jsonl and reports evaluations to Tune."""
 
-    def __init__(self, progress: Any, history: Path, sweep: api.SweepSpec | None) -> None:
+    def __init__(
+        self, progress: Any, history: Path, sweep: api.SweepSpec | None, total_steps: int
+    ) -> None:
         self.tracker, self.history, self.metric = progress, history, _metric_name(sweep)
+        self.total_steps = total_steps
         self.attempts_seen = 0
         self.last_metric: float | None = None
 
@@ -114,7 +117,10 @@ class _TrialFollower:
             truncate_history(self.history, state.resumed_at or -1)
         append_history(self.history, state.rows)
         for row in state.rows:
-            if self.metric in row and row["step"] > 0:  # step 0 is the shared base model
+            # Step 0 is the base model every trial shares; the last step's result goes in
+            # the final report, once the weights are saved (a scheduler may stop a trial
+            # at any report, and a finished trial must not be taken for a stopped one).
+            if self.metric in row and 0 < row["step"] < self.total_steps:
                 self.last_metric = row[self.metric]
                 ray.tune.report({"step": row["step"], self.metric: row[self.metric]})
         return state

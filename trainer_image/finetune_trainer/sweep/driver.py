@@ -177,6 +177,7 @@ def _scheduler(plan: RunPlan, shared: TrialShared) -> Any:
     every = plan.spec.evaluation.every_steps or shared.steps_per_epoch
     return tally.StoppingRecorder(
         plan.out.local_dir,
+        plan.name,
         time_attr="step",
         # Past the last step: ASHA stops every trial that reaches max_t, and one that
         # trained to the end is to finish (and save its weights), not to be stopped.

@@ -17,7 +17,7 @@ from finetune_operator import api
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
-from finetune_trainer.sweep.trial import STOPPED_MARK, TRIAL_METRICS, TRIALS_DIR
+from finetune_trainer.sweep.trial import STOPPED_MARK, TRIAL_METRICS, TRIALS_DIR, tracker_name
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,27 @@ def state_of(trial_dir: Path, tune_status: str) -> str:
 
 
 class StoppingRecorder(ASHAScheduler):
-    """ASHA that marks each trial it stops, in the trial's folder."""
+    """ASHA that marks each trial it stops, in the trial's folder, and stops it through
+    its tracker (the trial's workers leave after their step; see trial.py)."""
 
-    def __init__(self, output_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, output_dir: Path, run_name: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.trials_dir = output_dir / TRIALS_DIR
+        self.trials_dir, self.run_name = output_dir / TRIALS_DIR, run_name
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision: str = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and not result.get("finished"):
-            folder = self.trials_dir / trial.trial_id
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / STOPPED_MARK).write_text(f"stopped at step {result.get('step')}\n")
-        return decision
+        if decision != self.STOP or result.get("finished"):
+            return decision
+        folder = self.trials_dir / trial.trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STOPPED_MARK).write_text(f"stopped at step {result.get('step')}\n")
+        import ray
+
+        try:
+            ray.get_actor(tracker_name(self.run_name, trial.trial_id)).request_stop.remote()
+        except ValueError:  # the trial has ended meanwhile: nothing is left to stop
+            return decision
+        return self.CONTINUE  # the trial returns by itself once its workers have left
 
 
 # Tune pickles its callbacks with the experiment (and restores them on resume), so the

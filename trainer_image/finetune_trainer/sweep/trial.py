@@ -58,7 +58,12 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
     spec = apply_trial(shared.spec, config)
     out = shared.trial_dir(trial_id)
     out.mkdir(parents=True, exist_ok=True)
-    progress = tracker.start_tracker(None)
+    # Named, so that the scheduler can ask this trial's workers to stop (see tally).
+    progress = (
+        ray.remote(num_cpus=0)(tracker.ProgressTracker)
+        .options(name=tracker_name(shared.run_name, trial_id))
+        .remote(None)
+    )
     setup = WorkerSetup(
         spec=spec,
         base_dir=shared.base_dir,
@@ -81,7 +86,9 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
         follower.poll()
     fitting.reraise()  # a failed run is a failed trial (Tune records its error)
     state = follower.poll()
-    final = state.final_metrics or {}
+    if state.final_metrics is None:
+        return  # stopped by the scheduler, whose mark is in the trial's folder already
+    final = state.final_metrics
     # The trial's own record that it finished: a resumed sweep and sweep.json read it.
     (out / TRIAL_METRICS).write_text(json.dumps(final, indent=2) + "\n")
     metric = _metric_name(spec.sweep)
@@ -124,6 +131,11 @@ class _TrialFollower:
                 self.last_metric = row[self.metric]
                 ray.tune.report({"step": row["step"], self.metric: row[self.metric]})
         return state
+
+
+def tracker_name(run_name: str, trial_id: str) -> str:
+    """The Ray actor name of a trial's ProgressTracker."""
+    return f"finetune-tracker-{run_name}-{trial_id}"
 
 
 def _metric_name(sweep: api.SweepSpec | None) -> str:

@@ -14,7 +14,15 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from finetune_operator import kube_values
@@ -618,6 +626,135 @@ class RunPolicy(ApiModel):
     )
 
 
+# Hyperparameters a sweep may search: the key users write -> where it lives in the spec.
+# Batch size, epochs and steps are left out on purpose: every trial trains on the same
+# tokenised rows and step count, so the data stage runs once for all of them.
+SWEEP_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "learningRate": ("hyperparameters", "learningRate"),
+    "lrScheduler": ("hyperparameters", "lrScheduler"),
+    "warmupRatio": ("hyperparameters", "warmupRatio"),
+    "weightDecay": ("hyperparameters", "weightDecay"),
+    "maxGradNorm": ("hyperparameters", "maxGradNorm"),
+    "lora.r": ("method", "lora", "r"),
+    "lora.alpha": ("method", "lora", "alpha"),
+    "lora.dropout": ("method", "lora", "dropout"),
+}
+# A choice's values are numbers or strings (lrScheduler); a structural schema cannot say
+# "number or string", so the CRD keeps them untyped and these models check them.
+ChoiceValue = Annotated[
+    int | float | str,
+    WithJsonSchema({
+        "x-kubernetes-preserve-unknown-fields": True,
+        "description": "A number, or a string for lrScheduler.",
+        "x-kubernetes-validations": [cel(
+            "type(self) == int || type(self) == double || type(self) == string",
+            "must be a number or a string",
+        )],
+    }),
+]  # fmt: skip
+
+
+class SearchDomain(ApiModel):
+    model_config = validations(
+        cel(
+            f"({is_set('self.uniform')} ? 1 : 0) + ({is_set('self.logUniform')} ? 1 : 0)"
+            f" + ({is_set('self.choice')} ? 1 : 0) == 1",
+            "set exactly one of uniform, logUniform or choice",
+        ),
+    )
+
+    uniform: list[float] | None = Field(
+        None, description="[low, high]: any value in between, evenly.", min_length=2,
+        max_length=2,
+    )  # fmt: skip
+    log_uniform: list[float] | None = Field(
+        None, description="[low, high], both > 0: evenly on a log scale (learning rates).",
+        min_length=2, max_length=2,
+    )  # fmt: skip
+    choice: list[ChoiceValue] | None = Field(
+        None, description="One of these values.", min_length=1, max_length=64
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchDomain:
+        # The CEL rule says the same at admission; here it holds inside the map as well.
+        if sum(d is not None for d in (self.uniform, self.log_uniform, self.choice)) != 1:
+            raise ValueError("set exactly one of uniform, logUniform or choice")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        """The values a trial may get at the edges: each must be valid for its field."""
+        if self.choice is not None:
+            return list(self.choice)
+        bounds = self.uniform if self.uniform is not None else self.log_uniform
+        return list(bounds or [])
+
+
+class SweepScheduler(ApiModel):
+    type: Literal["asha", "none"] = Field(
+        "asha", description="asha: stop trials early whose metric trails the others'; "
+        "none: every trial runs to the end.",
+    )  # fmt: skip
+    grace_period: int | None = Field(
+        None, description="Steps a trial trains before it can be stopped; null = one "
+        "evaluation interval.", ge=1,
+    )  # fmt: skip
+    reduction_factor: float = Field(
+        2.0, description="ASHA keeps about 1/reductionFactor of the trials at each rung.",
+        gt=1, le=100,
+    )  # fmt: skip
+
+
+class SweepSpec(ApiModel):
+    search_space: dict[str, SearchDomain] = Field(
+        description="Hyperparameters to search, by name: learningRate, lrScheduler, "
+        "warmupRatio, weightDecay, maxGradNorm, lora.r, lora.alpha, lora.dropout. E.g. "
+        "learningRate: {logUniform: [1e-5, 1e-3]}, lora.r: {choice: [8, 16]}.",
+        min_length=1,
+        max_length=len(SWEEP_PARAMETERS),
+    )
+    trials: int = Field(8, description="Trials to run in all.", ge=1, le=1000)
+    max_concurrent_trials: int = Field(
+        1, description="Trials training at the same time (each one Ray Train run with "
+        "resources.workers workers).", ge=1, le=100,
+    )  # fmt: skip
+    metric: Literal["eval_loss", "eval_perplexity"] = Field(
+        "eval_loss", description="The validation metric trials are ranked by."
+    )
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    scheduler: SweepScheduler = Field(
+        default_factory=SweepScheduler, description="Early stopping of poor trials."
+    )
+    seed: int | None = Field(
+        None, description="Optuna's sampler seed; null = hyperparameters.seed.",
+        ge=0, le=2**32 - 1,
+    )  # fmt: skip
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_parameters(cls, space: dict[str, SearchDomain]) -> dict[str, SearchDomain]:
+        for name, domain in space.items():
+            if name not in SWEEP_PARAMETERS:
+                known = ", ".join(SWEEP_PARAMETERS)
+                raise ValueError(f"{name}: not a parameter a sweep can search; one of {known}")
+            section = (
+                Hyperparameters if SWEEP_PARAMETERS[name][0] == "hyperparameters" else LoraSpec
+            )
+            field = SWEEP_PARAMETERS[name][-1]
+            if domain.log_uniform is not None and min(domain.log_uniform) <= 0:
+                raise ValueError(f"{name}: logUniform bounds must be > 0")
+            for bounds in (domain.uniform, domain.log_uniform):
+                if bounds is not None and bounds[0] > bounds[1]:
+                    raise ValueError(f"{name}: the low bound {bounds[0]} exceeds {bounds[1]}")
+            for value in domain.values_to_check():
+                try:
+                    section.model_validate({field: value})
+                except ValidationError as error:
+                    reason = error.errors()[0]["msg"]
+                    raise ValueError(f"{name}: {value!r}: {reason}") from None
+        return space
+
+
 class FineTuneJobSpec(ApiModel):
     model_config = validations(
         cel(
@@ -684,6 +821,19 @@ class FineTuneJobSpec(ApiModel):
             "microBatchSize must not exceed batchSize",
             ".hyperparameters.microBatchSize",
         ),
+        cel(
+            f"!{is_set('self.sweep')} || {is_set('self.dataset.validation')}"
+            " || self.dataset.validationSplit > 0.0",
+            "a sweep ranks trials by a validation metric: set dataset.validation or "
+            "dataset.validationSplit > 0",
+            ".sweep",
+        ),
+        cel(
+            f"!{is_set('self.sweep')} || self.method.type != 'full' || "
+            "!self.sweep.searchSpace.exists(k, k.startsWith('lora.'))",
+            "lora.* parameters need method.type lora or qlora",
+            ".sweep.searchSpace",
+        ),
     )
 
     model: ModelSpec = Field(description="The base model to fine-tune.")
@@ -707,6 +857,11 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = Field(description="Where results go.")
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Suspension, retries, deadlines and clean-up."
+    )
+    sweep: SweepSpec | None = Field(
+        None,
+        description="Search hyperparameters: several trials on Ray Tune (Optuna, ASHA); the "
+        "best trial's adapter becomes the output.",
     )
 
 
@@ -752,6 +907,24 @@ class Condition(ApiModel):
     )
 
 
+class BestTrial(ApiModel):
+    id: str = Field(description="The trial's id (its folder under the output's trials/).")
+    metric: float = Field(description="Its final value of sweep.metric.")
+    hyperparameters: dict[str, ChoiceValue] = Field(
+        default_factory=dict, description="The values it was given, by searchSpace name."
+    )
+
+
+class SweepProgress(ApiModel):
+    trials: int = Field(description="Trials the sweep runs in all.")
+    done: int = Field(0, description="Trials that trained to the end.")
+    running: int = Field(0, description="Trials training now.")
+    stopped: int = Field(0, description="Trials the scheduler (ASHA) stopped early.")
+    failed: int = Field(0, description="Trials that failed.")
+    best: BestTrial | None = Field(None, description="The best finished trial so far.")
+    display: str | None = Field(None, description="e.g. 3/8 (1 stopped), for kubectl get.")
+
+
 class Progress(ApiModel):
     step: int | None = Field(None, description="Optimizer steps done.")
     total_steps: int | None = Field(None, description="Optimizer steps planned.")
@@ -779,6 +952,7 @@ class Progress(ApiModel):
     display: str | None = Field(None, description="step/totalSteps (percent) for kubectl get.")
     eta: str | None = Field(None, description="Estimated time left, e.g. 1h05m, for kubectl get.")
     updated_at: str | None = Field(None, description="When this progress was read (RFC 3339).")
+    sweep: SweepProgress | None = Field(None, description="A sweep's trials, for sweeps.")
 
 
 class CheckpointRef(ApiModel):
@@ -853,6 +1027,17 @@ FROZEN_WHILE_RUNNING = [
     if to_camel(name) not in MUTABLE_WHILE_RUNNING
 ]
 
+
+def _unchanged(name: str) -> str:
+    """CEL: spec.<name> is the same in both; an optional section may be absent from both."""
+    if name not in OPTIONAL_SECTIONS:
+        return f"oldSelf.spec.{name} == self.spec.{name}"
+    old, new = f"oldSelf.spec.{name}", f"self.spec.{name}"
+    return f"({is_set(old)} == {is_set(new)} && (!{is_set(new)} || {old} == {new}))"
+
+
+OPTIONAL_SECTIONS = ("sweep",)  # spec sections with no default: absent unless written
+
 # Rules on the whole object: what only the object root can see (its name, its status).
 ROOT_VALIDATIONS = [
     cel(
@@ -869,7 +1054,7 @@ ROOT_VALIDATIONS = [
     cel(
         f"!{is_set('oldSelf.status')} || !{is_set('oldSelf.status.phase')} || "
         f"!(oldSelf.status.phase in {list(ACTIVE_PHASES)}) || "
-        + " && ".join(f"oldSelf.spec.{name} == self.spec.{name}" for name in FROZEN_WHILE_RUNNING),
+        + " && ".join(_unchanged(name) for name in FROZEN_WHILE_RUNNING),
         "spec cannot change while the job is Initializing or Running (only spec.runPolicy "
         "can); suspend the job first",
         ".spec",

@@ -32,6 +32,7 @@ TRAINER_MODULES = frozenset(
         "fsspec",
         "huggingface_hub",
         "matplotlib",
+        "optuna",
         "peft",
         "phonenumbers",
         "presidio_analyzer",

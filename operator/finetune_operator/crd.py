@@ -34,6 +34,12 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
+    {
+        "name": "Trials",
+        "type": "string",
+        "jsonPath": ".status.progress.sweep.display",
+        "priority": 1,
+    },
 ]
 
 # JSON Schema keywords a structural schema may carry (besides the x-kubernetes-* ones).

@@ -80,6 +80,11 @@ class ProgressBoard:
             if row.get("stopped_early"):
                 progress.early_stopped = True
 
+    def swept(self, sweep: api.SweepProgress) -> None:
+        """A sweep's trial counts and best trial so far."""
+        with self._lock:
+            self._progress.sweep = sweep
+
     def checkpointed(self, checkpoint: api.CheckpointRef) -> None:
         with self._lock:
             self._checkpoint = checkpoint

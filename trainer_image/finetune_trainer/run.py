@@ -106,6 +106,8 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: boo
     data = prepare_data(plan)
     claim_checkpoints(plan, data)
     view, board = ProgressView(), ProgressBoard()
+    if plan.spec.sweep is not None:  # several trials on Ray Tune, then the best published
+        return _sweep(plan, data, view, board)
     with serving(board):  # /progress for the operator, when it asks for one
         state = train(plan, data, view, board)
         if state is None:
@@ -115,6 +117,17 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: boo
         metrics = publish(plan, data, state.final_metrics, state.start_step or 0, board)
     view.console.print(summary_table(metrics, plan.out.uri))
     return 0
+
+
+def _sweep(plan: RunPlan, data: RunData, view: ProgressView, board: ProgressBoard) -> int:
+    from finetune_trainer.progress import summary_table
+    from finetune_trainer.sweep.driver import run_sweep
+
+    with serving(board):
+        code, metrics = run_sweep(plan, data, board)
+    if code == 0:
+        view.console.print(summary_table(metrics, plan.out.uri))
+    return code
 
 
 def plan_run(

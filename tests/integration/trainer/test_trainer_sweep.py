@@ -1,0 +1,127 @@
+"""A sweep run locally: 4 trials on Ray Tune with Optuna and ASHA on the tiny model; then
+the same sweep interrupted (Ctrl-C) and resumed without rerunning the trials that settled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from finetune_trainer.run import run_command
+
+from tests.factories import MakeJob, write_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SWEEP = {
+    "searchSpace": {
+        # Wide enough that some trials learn far slower than others: ASHA has work to do.
+        "learningRate": {"logUniform": [1e-6, 3e-2]},
+        "lora.r": {"choice": [4, 8]},
+    },
+    "trials": 4,
+    "maxConcurrentTrials": 1,  # one at a time: each later trial meets the earlier ones' rungs
+    "scheduler": {"type": "asha", "gracePeriod": 2, "reductionFactor": 2},
+    "seed": 7,
+}
+
+
+def sweep_job() -> MakeJob:
+    return MakeJob.trainer("sweep").spec(
+        hyperparameters={"maxSteps": 8},
+        evaluation={"everySteps": 2, "metrics": ["loss", "perplexity"]},
+        resources={"workers": 1},
+        checkpointing={"everySteps": 8, "keep": 1},
+        sweep=SWEEP,
+    )
+
+
+# Each trial starts a Ray Train run (controller, worker, DeepSpeed engine): tens of seconds
+# on an idle 2-core machine, minutes on a loaded one.
+@pytest.mark.timeout(1500)
+def test_a_sweep_stops_poor_trials_and_publishes_the_best(local_ray, job_dir):
+    job = write_job(job_dir, sweep_job().obj())
+    started = time.monotonic()
+    assert run_command(job, output=None, workers=None) == 0
+    print(f"sweep of 4 trials: {time.monotonic() - started:.0f} s")
+    out = job_dir / "out"
+    table = json.loads((out / "sweep.json").read_text())
+    trials = table["trials"]
+    assert len(trials) == 4
+    states = [t["state"] for t in trials]
+    assert states.count("stopped") >= 1, trials
+    assert set(states) <= {"done", "stopped"}
+    done = [t for t in trials if t["state"] == "done"]
+    best = min(done, key=lambda t: t["eval_loss"])
+    assert table["best"] == best["id"]
+    for trial in trials:
+        history = [json.loads(x) for x in (out / trial["history"]).read_text().splitlines()]
+        last = max(row["step"] for row in history)
+        # A stopped trial ends early; a finished one trains all 8 steps.
+        assert last < 8 if trial["state"] == "stopped" else last == 8, trial
+        assert {"learningRate", "lora.r"} == set(trial["hyperparameters"])
+    # The best trial's adapter and history are the job's outputs, with serving/ beside them.
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == best["hyperparameters"]["lora.r"]
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        out / "trials" / best["id"] / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_loss"] == pytest.approx(best["eval_loss"])
+    assert metrics["sweep_trials_stopped"] == states.count("stopped")
+    assert (out / "sweep.png").stat().st_size > 10_000
+    assert (out / "serving" / "vllm.yaml").exists() or any((out / "serving").iterdir())
+    card = (out / "README.md").read_text()  # the best trial's settings, not the job's
+    assert f"| learning rate | {best['hyperparameters']['learningRate']} |" in card
+    assert f"r={best['hyperparameters']['lora.r']}," in card
+
+
+def settled(out: Path) -> list[str]:
+    """Trials that finished (metrics.json) or were stopped (the scheduler's mark)."""
+    trials = out / "trials"
+    marks = [*trials.glob("*/metrics.json"), *trials.glob("*/stopped_early")]
+    return sorted(path.parent.name for path in marks)
+
+
+@pytest.mark.timeout(1500)
+def test_an_interrupted_sweep_resumes_without_rerunning_settled_trials(job_dir):
+    manifest = sweep_job().spec(sweep={"trials": 3, "scheduler": {"type": "none"}}).obj()
+    job = write_job(job_dir, manifest)
+    out = job_dir / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "finetune_operator.cli", "run", str(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while not settled(out) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(1)
+        first = settled(out)
+        assert first, "no trial settled"
+        driver.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and returns
+        output = driver.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, output
+    assert "run the same command again to continue the sweep" in output
+    histories = {t: (out / "trials" / t / "history.jsonl").read_text() for t in first}
+
+    assert run_command(job, output=None, workers=None) == 0
+    table = json.loads((out / "sweep.json").read_text())
+    assert [t["state"] for t in table["trials"]] == ["done"] * 3
+    assert len({t["id"] for t in table["trials"]}) == 3
+    for trial_id, history in histories.items():  # not trained again: its rows are as they were
+        assert (out / "trials" / trial_id / "history.jsonl").read_text() == history
+    # Each settled trial's Train run saved its last checkpoint once, in the first run.
+    for trial_id in first:
+        assert len(list((out / "checkpoints").glob(f"sweep-{trial_id}/checkpoint_step_*"))) == 1

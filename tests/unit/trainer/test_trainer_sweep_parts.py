@@ -1,0 +1,105 @@
+"""The sweep's pure parts: a trial's values in the spec, the search space in Tune's terms,
+and the tally status and sweep.json are built from."""
+
+from __future__ import annotations
+
+import pytest
+from finetune_operator import api
+from finetune_trainer.sweep.space import apply_trial, tune_space
+from finetune_trainer.sweep.tally import TrialRecord, best_trial, state_of, tally
+from finetune_trainer.sweep.trial import STOPPED_MARK, TRIAL_METRICS
+
+from tests.factories import MakeJob
+
+SWEEP = {
+    "searchSpace": {
+        "learningRate": {"logUniform": [1e-5, 1e-3]},
+        "warmupRatio": {"uniform": [0.0, 0.1]},
+        "lora.r": {"choice": [8, 16]},
+        "lrScheduler": {"choice": ["cosine", "linear"]},
+    },
+    "trials": 5,
+}
+
+
+def spec() -> api.FineTuneJobSpec:
+    return api.FineTuneJob.model_validate(MakeJob().spec(sweep=SWEEP).obj()).spec
+
+
+def test_a_trial_s_values_land_in_their_fields_and_nothing_else_moves():
+    base = spec()
+    trial = apply_trial(base, {"learningRate": 3e-4, "lora.r": 8, "lrScheduler": "linear"})
+    assert trial.hyperparameters.learning_rate == 3e-4
+    assert trial.hyperparameters.lr_scheduler == "linear"
+    assert trial.method.lora.r == 8
+    assert trial.method.lora.alpha == base.method.lora.alpha
+    assert trial.dataset == base.dataset and trial.output == base.output
+
+
+def test_a_value_outside_its_field_s_range_is_refused():
+    with pytest.raises(ValueError, match="lora"):
+        apply_trial(spec(), {"lora.r": 0})
+
+
+def test_the_space_samples_inside_its_bounds():
+    space = tune_space(spec().sweep)
+    for _ in range(50):
+        assert 1e-5 <= space["learningRate"].sample() <= 1e-3
+        assert 0.0 <= space["warmupRatio"].sample() <= 0.1
+        assert space["lora.r"].sample() in (8, 16)
+        assert space["lrScheduler"].sample() in ("cosine", "linear")
+
+
+def record(trial_id: str, state: str, metric: float | None) -> TrialRecord:
+    return TrialRecord(id=trial_id, state=state, hyperparameters={"lora.r": 8},
+                       metric=metric, step=4)  # fmt: skip
+
+
+RECORDS = [
+    record("a", "done", 2.5),
+    record("b", "stopped", 1.0),  # better so far, but has no final weights
+    record("c", "done", 2.0),
+    record("d", "running", 3.0),
+    record("e", "failed", None),
+]
+
+
+def test_the_tally_counts_each_state_and_picks_the_best_finished_trial():
+    sweep = spec().sweep
+    progress = tally(RECORDS, sweep)
+    assert (progress.done, progress.running, progress.stopped, progress.failed) == (2, 1, 1, 1)
+    assert progress.best is not None and progress.best.id == "c" and progress.best.metric == 2.0
+    assert progress.display == "3/5 (1 stopped)"
+    assert progress.to_wire()["best"]["hyperparameters"] == {"lora.r": 8}
+
+
+def test_mode_max_picks_the_highest():
+    sweep = spec().sweep.model_copy(update={"mode": "max"})
+    chosen = best_trial(RECORDS, sweep)
+    assert chosen is not None and chosen.id == "a"
+
+
+def test_a_trial_s_state_comes_from_its_folder_before_tune_s_status(tmp_path):
+    assert state_of(tmp_path, "RUNNING") == "running"
+    assert state_of(tmp_path, "ERROR") == "failed"
+    assert state_of(tmp_path, "PENDING") == "pending"
+    (tmp_path / STOPPED_MARK).write_text("stopped at step 2\n")
+    assert state_of(tmp_path, "TERMINATED") == "stopped"
+    (tmp_path / TRIAL_METRICS).write_text("{}")
+    assert state_of(tmp_path, "TERMINATED") == "done"
+
+
+def test_the_sweep_reaches_the_job_s_status_through_the_progress_contract():
+    import json
+
+    from finetune_operator.progress_status import parse_body, with_snapshot
+    from finetune_trainer.progress_server import ProgressBoard
+
+    board = ProgressBoard()
+    board.swept(tally(RECORDS, spec().sweep))
+    snapshot = parse_body(json.dumps(board.snapshot()).encode())
+    status = with_snapshot(api.FineTuneJobStatus(), snapshot, "2026-12-07T00:00:00Z")
+    wire = status.to_wire()["progress"]["sweep"]
+    assert (wire["done"], wire["stopped"], wire["running"]) == (2, 1, 1)
+    assert wire["best"] == {"id": "c", "metric": 2.0, "hyperparameters": {"lora.r": 8}}
+    assert wire["display"] == "3/5 (1 stopped)"

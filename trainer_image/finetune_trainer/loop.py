@@ -385,7 +385,7 @@ class Worker:
             metrics |= {
                 f"test_{k}": v
                 for k, v in scores.items()
-                if k in wanted or k == "generation_samples"
+                if k in wanted or k == "generation_samples" or (k == "f1_kind" and "f1" in wanted)
             }
         return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 

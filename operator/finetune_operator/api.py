@@ -785,8 +785,8 @@ class Result(ApiModel):
         description="Where the serving manifests are (vllm.yaml, kserve.yaml): the output's "
         "serving/ folder. Unset when the output is a local path no cluster can mount.",
     )
-    retention: list[RetentionResult] = Field(
-        default_factory=list,
+    retention: list[RetentionResult] | None = Field(
+        None,
         description="Loss on each evaluation.retention set before and after training.",
         max_length=MAX_RETENTION_SETS,
     )

@@ -34,6 +34,13 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJobName", "priority": 1},
+    # -o wide: True once a retention set's loss rose past evaluation.maxRetentionLossIncrease.
+    {
+        "name": "Retention-Regressed",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="RetentionRegressed")].status',
+    },  # fmt: skip
 ]
 
 # JSON Schema keywords a structural schema may carry (besides the x-kubernetes-* ones).

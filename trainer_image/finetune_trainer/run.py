@@ -262,7 +262,8 @@ def publish(
     if plan.out.remote:
         upload_dir(out, plan.out.uri)
     result = final_result(plan.out.uri, metrics, serving.manifests_uri)
-    board.finished(result.model_copy(update={"retention": retention.results(plan.spec, metrics)}))
+    kept = retention.results(plan.spec, metrics)
+    board.finished(result.model_copy(update={"retention": kept or None}))
     return metrics
 
 

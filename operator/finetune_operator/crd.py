@@ -40,7 +40,7 @@ PRINTER_COLUMNS = [
         "type": "string",
         "priority": 1,
         "jsonPath": '.status.conditions[?(@.type=="RetentionRegressed")].status',
-    },  # fmt: skip
+    },
 ]
 
 # JSON Schema keywords a structural schema may carry (besides the x-kubernetes-* ones).

@@ -382,7 +382,7 @@ async def test_a_retention_regression_marks_the_job_and_warns(setup: Setup) -> N
     the threshold gets the condition False and no Warning."""
     results = {"forgot": retention_result(False, True), "kept": retention_result(False, False)}
     endpoints = {}
-    for name, result in results.items():
+    for name in results:
         endpoints[name] = await setup.endpoint(contract_body(40, 40, eta=0.0, checkpoint=40))
         await setup.running_job(name, endpoints[name])
     for name, result in results.items():

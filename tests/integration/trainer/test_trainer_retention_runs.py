@@ -32,12 +32,12 @@ def narrow_job(name: str, **sections) -> MakeJob:
         .spec(
             method={"type": "full"},
             dataset={"testSplit": 0.0},
-            hyperparameters={"maxSteps": 16, "learningRate": 3e-3, "batchSize": 8},
-            evaluation={"everySteps": 16,
+            hyperparameters={"maxSteps": 30, "learningRate": 3e-3, "batchSize": 8},
+            evaluation={"everySteps": 30,
                         "retention": [{"source": "retention.jsonl", "name": "general"}],
                         "maxRetentionLossIncrease": THRESHOLD},
             resources={"workers": 1},
-            checkpointing={"everySteps": 16, "keep": 1},
+            checkpointing={"everySteps": 30, "keep": 1},
         )
         .spec(**sections)
         .output(f"out-{name}")

@@ -12,6 +12,7 @@ Cross-field rules are written once, in CEL, on the model they belong to
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -455,8 +456,29 @@ class EarlyStopping(ApiModel):
     )
 
 
-EvalMetric = Literal["loss", "perplexity", "accuracy", "exact_match", "bleu", "rouge"]
-TEST_ONLY_METRICS = ("accuracy", "exact_match", "bleu", "rouge")
+EvalMetric = Literal["loss", "perplexity", "accuracy", "exact_match", "bleu", "rouge", "f1"]
+TEST_ONLY_METRICS = ("accuracy", "exact_match", "bleu", "rouge", "f1")
+MAX_RETENTION_SETS = 8
+
+
+class RetentionSource(DataSource):
+    name: str | None = Field(
+        None,
+        description="Name in metrics.json, the model card and status (default: the "
+        "source's file or folder name without suffixes).",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$",
+    )
+
+    @property
+    def display_name(self) -> str:
+        """`name`, else the source's last path part without suffixes (`general` for
+        pvc://data/general.jsonl.gz)."""
+        if self.name:
+            return self.name
+        last = self.source.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+        return re.sub(r"[^-_.A-Za-z0-9]", "_", last)[:63] or "retention"
 
 
 class EvaluationSpec(ApiModel):
@@ -469,18 +491,45 @@ class EvaluationSpec(ApiModel):
     metrics: list[EvalMetric] = Field(
         default_factory=lambda: list[EvalMetric](["loss", "perplexity"]),
         description="loss and perplexity on validation and test; accuracy (token), "
-        "exact_match, bleu and rouge (ROUGE-L) on the test set.",
-        max_length=6,
+        "exact_match, bleu, rouge (ROUGE-L) and f1 (token overlap, or macro-F1 over a "
+        "small label set) on the test set.",
+        max_length=7,
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     max_generation_samples: int = Field(
         64,
-        description="Test records used for generation metrics (exact_match, bleu, rouge).",
+        description="Test records used for generation metrics (exact_match, bleu, rouge, f1).",
         ge=1,
         le=100_000,
     )
+    retention: list[RetentionSource] = Field(
+        default_factory=list,
+        description="General-knowledge data never trained on: its loss is measured on the "
+        "base model before training and on the result after, to show forgetting.",
+        max_length=MAX_RETENTION_SETS,
+    )
+    max_retention_loss_increase: float | None = Field(
+        None,
+        description="Largest acceptable rise of a retention set's loss (nats per token, "
+        "after minus before). Exceeded: the model is still written, and the job gets the "
+        "condition RetentionRegressed and a Warning Event.",
+        ge=0,
+        le=100,
+    )
 
     _metrics_once = field_validator("metrics")(kube_values.once_each)
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_names_once(cls, sources: list[RetentionSource]) -> list[RetentionSource]:
+        names = [source.display_name for source in sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"retention sets must have distinct names, {', '.join(repeated)} repeats: "
+                "give each a `name`"
+            )
+        return sources
 
 
 class DeepSpeedSpec(ApiModel):
@@ -777,8 +826,8 @@ class FineTuneJobSpec(ApiModel):
         ),
         cel(
             "!self.evaluation.metrics.exists(m, m in ['accuracy', 'exact_match', 'bleu', "
-            f"'rouge']) || {is_set('self.dataset.test')} || self.dataset.testSplit > 0.0",
-            "accuracy, exact_match, bleu and rouge are computed on the test set: set "
+            f"'rouge', 'f1']) || {is_set('self.dataset.test')} || self.dataset.testSplit > 0.0",
+            "accuracy, exact_match, bleu, rouge and f1 are computed on the test set: set "
             "dataset.test or dataset.testSplit > 0",
             ".evaluation.metrics",
         ),
@@ -890,11 +939,14 @@ class ConditionType(enum.StrEnum):
     SUSPENDED = "Suspended"
     # Whether the running trainer's progress can be read; False after reads kept failing.
     PROGRESS_AVAILABLE = "ProgressAvailable"
+    # True when a retention set's loss rose past evaluation.maxRetentionLossIncrease.
+    RETENTION_REGRESSED = "RetentionRegressed"
 
 
 class Condition(ApiModel):
     type: ConditionType = Field(
-        description="Running, Succeeded, Failed, Suspended or ProgressAvailable."
+        description="Running, Succeeded, Failed, Suspended, ProgressAvailable or "
+        "RetentionRegressed."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str | None = Field(None, description="Machine-readable reason (CamelCase).")
@@ -960,6 +1012,16 @@ class CheckpointRef(ApiModel):
     uri: str = Field(description="Where the checkpoint is stored.")
 
 
+class RetentionResult(ApiModel):
+    name: str = Field(description="The retention set (evaluation.retention[].name).")
+    loss_before: float = Field(description="Mean token loss of the base model.")
+    loss_after: float = Field(description="Mean token loss of the model the outputs hold.")
+    loss_increase: float = Field(description="lossAfter - lossBefore (negative: it improved).")
+    exceeded: bool = Field(
+        False, description="Whether lossIncrease passed evaluation.maxRetentionLossIncrease."
+    )
+
+
 class Result(ApiModel):
     output_uri: str | None = Field(None, description="Where the outputs were written.")
     metrics: dict[str, float] = Field(
@@ -969,6 +1031,11 @@ class Result(ApiModel):
         None,
         description="Where the serving manifests are (vllm.yaml, kserve.yaml): the output's "
         "serving/ folder. Unset when the output is a local path no cluster can mount.",
+    )
+    retention: list[RetentionResult] | None = Field(
+        None,
+        description="Loss on each evaluation.retention set before and after training.",
+        max_length=MAX_RETENTION_SETS,
     )
 
 
@@ -980,7 +1047,8 @@ class FineTuneJobStatus(ApiModel):
     message: str | None = Field(None, description="Details, naming the field or failing step.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Running, Succeeded, Failed, Suspended; ProgressAvailable while running.",
+        description="Running, Succeeded, Failed, Suspended; ProgressAvailable while running; "
+        "RetentionRegressed once a result measured retention against a threshold.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(None, description="Spec generation last acted on.")

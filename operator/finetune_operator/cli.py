@@ -42,6 +42,8 @@ TRAINER_MODULES = frozenset(
         "rouge_score",
         "s3fs",
         "sacrebleu",
+        "scikit_learn",  # the distribution; it is imported as sklearn
+        "sklearn",
         "safetensors",
         "spacy",
         "tokenizers",

@@ -40,6 +40,13 @@ PRINTER_COLUMNS = [
         "jsonPath": ".status.progress.sweep.display",
         "priority": 1,
     },
+    # -o wide: True once a retention set's loss rose past evaluation.maxRetentionLossIncrease.
+    {
+        "name": "Retention-Regressed",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="RetentionRegressed")].status',
+    },
 ]
 
 # JSON Schema keywords a structural schema may carry (besides the x-kubernetes-* ones).

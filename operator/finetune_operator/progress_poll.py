@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from finetune_operator import progress_status, timeutil
+from finetune_operator import progress_status, retention_status, timeutil
 from finetune_operator.api import Phase
 from finetune_operator.outcome import Outcome
 from finetune_operator.progress_status import MalformedProgress, Snapshot
@@ -234,6 +234,7 @@ def take_progress(watch: Watch, outcome: Outcome, settings: Settings, *, now: fl
         )
         if due or (final and progress_status.is_news(outcome.stored, snapshot)):
             status = progress_status.with_snapshot(status, snapshot, watch.read_at or "")
+            status = retention_status.with_retention(status, now=timeutil.format_time(outcome.now))
             watch.last_write = now
     if not final:
         problem = watch.visible_problem(now, settings.progress_grace_seconds)
@@ -247,6 +248,7 @@ def take_progress(watch: Watch, outcome: Outcome, settings: Settings, *, now: fl
         outcome.stored, status, checkpoint_event_due=checkpoint_due
     )
     events += progress_status.availability_events(outcome.stored, status)
+    events += retention_status.retention_events(outcome.stored, status)
     if any(event.reason == "CheckpointSaved" for event in events):
         watch.last_checkpoint_event = now
     outcome.status = status

@@ -65,6 +65,8 @@ def sources(spec: api.FineTuneJobSpec) -> Iterator[tuple[str, str]]:
             yield f"spec.dataset.{name}.source", source.source
     for index, mix in enumerate(dataset.mix):
         yield f"spec.dataset.mix[{index}].source", mix.source
+    for index, kept in enumerate(spec.evaluation.retention):
+        yield f"spec.evaluation.retention[{index}].source", kept.source
 
 
 def pvc_parts(uri: str) -> tuple[str, tuple[str, ...] | None]:

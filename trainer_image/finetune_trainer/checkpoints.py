@@ -23,6 +23,10 @@ from finetune_trainer.resume_point import checkpoint_dir_name
 ENGINE_DIR = "engine"
 ENGINE_TAG = "state"
 STATE_FILE = "trainer_state.json"
+# Under early stopping, Ray Train ranks checkpoints by this reported metric (lower is
+# better); one saved off an evaluation scores UNSCORED and goes first (the newest stays).
+SCORE = "validation_loss"
+UNSCORED = 1e30
 
 
 @dataclass
@@ -30,6 +34,13 @@ class TrainerState:
     step: int = 0  # optimizer steps done
     early_stopping: dict[str, float] | None = None
     stopped_early: bool = False
+    # With early stopping: the trained step with the lowest validation loss so far and its
+    # validation scores; its checkpoint is kept, and the outputs hold its weights.
+    best_step: int | None = None
+    best_validation: dict[str, float] | None = None
+    # The base model's loss on each retention set, measured before the first step when
+    # training changes the base itself (full fine-tuning): kept for a resumed run.
+    retention_before: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -123,3 +134,20 @@ def restore_latest(engine: Any, *, rank: int) -> tuple[TrainerState | None, bool
             load_lr_scheduler_states=True,
         )
         return TrainerState.from_json((Path(folder) / STATE_FILE).read_text()), unrecorded
+
+
+def load_weights(engine: Any, step: int) -> None:
+    """Collective: the weights of this run's checkpoint at `step` into `engine`, without its
+    optimizer or scheduler state (training is over)."""
+    import ray.train
+
+    run = run_storage()
+    checkpoint = ray.train.Checkpoint(path=run.folder(checkpoint_dir_name(step)), filesystem=run.fs)
+    with checkpoint.as_directory() as folder:
+        engine.load_checkpoint(
+            str(Path(folder) / ENGINE_DIR),
+            tag=ENGINE_TAG,
+            load_module_only=True,
+            load_optimizer_states=False,
+            load_lr_scheduler_states=False,
+        )

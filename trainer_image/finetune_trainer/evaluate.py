@@ -20,7 +20,7 @@ from finetune_trainer.data.packing import Row
 from finetune_trainer.data.tokenize import IGNORE_INDEX
 from finetune_trainer.prefetch import ahead, pin_batch
 
-GENERATION_METRICS = ("exact_match", "bleu", "rouge")
+GENERATION_METRICS = ("exact_match", "bleu", "rouge", "f1")
 MAX_NEW_TOKENS = 256
 
 
@@ -151,10 +151,13 @@ def generate_answers(
     return [text for _, text in sorted(pair for part in gathered for pair in part)]
 
 
-def generation_metrics(answers: list[str], references: list[str]) -> dict[str, float]:
-    """Exact match and ROUGE-L F1 (rouge-score) in [0, 1], corpus BLEU (sacrebleu) in [0, 100]."""
+def generation_metrics(answers: list[str], references: list[str]) -> dict[str, float | str]:
+    """Exact match and ROUGE-L F1 (rouge-score) in [0, 1], corpus BLEU (sacrebleu) in [0, 100],
+    F1 in [0, 1] (f1.py: token overlap, or macro-F1 over labels) with `f1_kind`."""
     import sacrebleu
     from rouge_score import rouge_scorer
+
+    from finetune_trainer.f1 import f1_scores
 
     if not references:
         return {}
@@ -169,4 +172,4 @@ def generation_metrics(answers: list[str], references: list[str]) -> dict[str, f
         "bleu": sacrebleu.corpus_bleu(answers, [references]).score,
         "rouge": sum(rouge) / len(rouge),
         "generation_samples": float(len(references)),
-    }
+    } | f1_scores(answers, references)

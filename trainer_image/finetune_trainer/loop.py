@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from finetune_operator import api
 
-from finetune_trainer import artifacts, checkpoints, dpo, evaluate
+from finetune_trainer import artifacts, checkpoints, dpo, evaluate, retention
 from finetune_trainer.batches import forward_sums, micro_batches_for_step
 from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
@@ -72,6 +72,7 @@ def train_worker(config: dict[str, WorkerSetup]) -> None:
     """Entry point of each Ray Train worker (Ray Train's train_loop_config is `config`)."""
     worker = Worker.setup(config["setup"])
     try:
+        worker.measure_retention_before()
         stop = worker.evaluate_baseline()
         while worker.steps_left() and not stop:
             row = worker.train_step()
@@ -82,6 +83,7 @@ def train_worker(config: dict[str, WorkerSetup]) -> None:
         if stop:
             return  # interrupted: the checkpoint just saved is where the next run resumes
         worker.save_final_checkpoint()
+        worker.restore_best()
         metrics = worker.final_metrics()
         worker.save_model()
         worker.finished(metrics)
@@ -123,6 +125,7 @@ class Worker:
     evaluations: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     preference: dpo.PreferenceObjective | None = None  # method.objective dpo
     last_preference_stats: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    outputs_step: int | None = None  # the step whose weights the outputs hold (restore_best)
 
     @classmethod
     def setup(cls, config: WorkerSetup) -> Worker:
@@ -301,13 +304,18 @@ class Worker:
         last = step == self.config.total_steps
         if step % every != 0 and not last:
             return {}
-        splits = ("validation", "test") if last and self.data["test"] else ("validation",)
+        # With early stopping the outputs hold the best step's weights: test waits for them.
+        with_test = last and self.data["test"] and self.early is None
+        splits = ("validation", "test") if with_test else ("validation",)
         result = self.evaluate_splits(splits)["validation"]
         if not result:
             return {}
         if self.early is not None:
             self.state.stopped_early = self.early.update(result["loss"])
             self.state.early_stopping = self.early.state_dict()
+            best = self.state.best_validation
+            if best is None or result["loss"] < best["loss"]:
+                self.state.best_step, self.state.best_validation = step, result
         row = _prefixed("eval", result)
         # The driver tells the operator, which posts an EarlyStopped Event.
         return row | ({"stopped_early": True} if self.state.stopped_early else {})
@@ -331,13 +339,19 @@ class Worker:
         return bool(value.item())
 
     def checkpoint_due(self, stop: bool) -> bool:
+        """On the cadence, when stopping, and at each new best validation loss under early
+        stopping (so that the best weights are on disk when training ends)."""
         every = self.spec.checkpointing.every_steps
-        return self.state.step % every == 0 or stop or self.state.stopped_early
+        new_best = self.early is not None and self.state.best_step == self.state.step
+        return self.state.step % every == 0 or stop or self.state.stopped_early or new_best
 
     def save_checkpoint(self, loss: float | None = None) -> None:
         """Collective: every rank saves its shards into this step's checkpoint."""
         assert self.attempt is not None, "checkpoints are saved inside Ray Train only"
         metrics = {"step": self.state.step} | ({"loss": loss} if loss is not None else {})
+        if self.early is not None:  # Ray Train keeps the best `keep` by this (and the newest)
+            scores = self.evaluations.get(("validation", self.state.step)) or {}
+            metrics[checkpoints.SCORE] = scores.get("loss", checkpoints.UNSCORED)
         checkpoints.save_and_report(self.engine, self.state, metrics, attempt=self.attempt)
         self.saved_step, self.saves = self.state.step, self.saves + 1
         if self.rank == 0:
@@ -353,24 +367,82 @@ class Worker:
         if self.saved_step != self.state.step:
             self.save_checkpoint()
 
+    def measure_retention_before(self) -> None:
+        """Full fine-tuning changes the base itself, so its retention loss is measured before
+        the first step and kept in the checkpoints; an adapter's base is measured at the end,
+        with the adapter disabled (retention_metrics)."""
+        kept = self.data.get("retention") or {}
+        if not kept or self._adapter() or self.state.step != 0:
+            return
+        self.state.retention_before = self._evaluate_rows(kept)
+
+    def restore_best(self) -> None:
+        """With early stopping, load the weights of the step with the lowest validation loss
+        (its checkpoint is kept): the test split and the outputs get those, not the last."""
+        self.outputs_step = self.state.step
+        best, validation = self.state.best_step, self.state.best_validation
+        if self.early is None or best is None or best == self.state.step or validation is None:
+            return
+        last = self.evaluations.get(("validation", self.state.step))
+        checkpoints.load_weights(self.engine, best)
+        self.outputs_step = best
+        # The best step's validation scores are those of the weights now loaded.
+        self.evaluations = {("validation", self.state.step): validation}
+        if last:
+            self.evaluations["last_step_validation", self.state.step] = last
+
     def final_metrics(self) -> dict[str, Any]:
-        """Training loss (mean of the last 10 steps), counts, and the final evaluation."""
+        """Training loss (mean of the last 10 steps), counts, which step the outputs hold, and
+        the final evaluation of those weights (validation, test, retention)."""
         losses = [float(loss) for loss in self.last_train_losses]
         metrics: dict[str, Any] = {"train_loss": sum(losses) / len(losses)} if losses else {}
         metrics |= dpo.train_summary(self.last_preference_stats)
+        outputs_step = self.state.step if self.outputs_step is None else self.outputs_step
         metrics |= {
             "steps": self.state.step,
             "stopped_early": self.state.stopped_early,
+            "outputs_step": outputs_step,
+            "outputs_chosen_by": "lowest validation loss" if self.early else "last step",
             "trainable_parameters": self.trainable_params,
             "total_parameters": self.total_params,
         }
-        return metrics | self.final_evaluation()
+        last = self.evaluations.get(("last_step_validation", self.state.step))
+        if last:
+            metrics["last_step_eval_loss"] = last["loss"]
+        return metrics | self.final_evaluation() | self.retention_metrics()
 
-    def final_evaluation(self) -> dict[str, float]:
+    def retention_metrics(self) -> dict[str, Any]:
+        """Each retention set's loss on the base model and on the weights the outputs hold."""
+        kept = self.data.get("retention") or {}
+        if not kept:
+            return {}
+        after = self._evaluate_rows(kept)
+        before = self.state.retention_before
+        if self._adapter():
+            # The base is the same model with its adapter switched off: no second copy.
+            with self.model.disable_adapter():
+                before = self._evaluate_rows(kept)
+        if before is None:  # a full fine-tune resumed from a checkpoint that predates it
+            return {}
+        common = {name: scores for name, scores in before.items() if after.get(name)}
+        return retention.compare(common, after, self.spec.evaluation.max_retention_loss_increase)
+
+    def _adapter(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    def _evaluate_rows(self, rows: dict[str, list[Row]]) -> dict[str, dict[str, float]]:
+        return evaluate.evaluate_losses(
+            self.engine, rows, micro=max(1, self.batch.micro_batch_size),
+            pad_token_id=self.tokenizer.pad_token_id, device=self.device, dtype=self.dtype,
+        )  # fmt: skip
+
+    def final_evaluation(self) -> dict[str, Any]:
         """Validation loss/perplexity, then test loss, perplexity, accuracy and generation.
 
         At the end of a run both splits were evaluated by the last step's pass already."""
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
         splits = ("validation", "test") if self.data["test"] else ("validation",)
         evaluated = self.evaluate_splits(splits)
         validation = evaluated["validation"]
@@ -392,7 +464,7 @@ class Worker:
             metrics |= {
                 f"test_{k}": v
                 for k, v in scores.items()
-                if k in wanted or k == "generation_samples"
+                if k in wanted or k == "generation_samples" or (k == "f1_kind" and "f1" in wanted)
             }
         return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
 
+from finetune_trainer import retention
+
 if TYPE_CHECKING:
     from finetune_trainer.serving.publish import Serving
 
@@ -44,13 +46,79 @@ def model_card(
         "",
         "## Results",
         "",
+        *_outputs_step(metrics),
         "| metric | value |",
         "|---|---|",
-        *(f"| {k} | {_plain(v)} |" for k, v in sorted(metrics.items()) if not isinstance(v, dict)),
+        *(
+            f"| {k} | {_plain(v)} |"
+            for k, v in sorted(metrics.items())
+            if not isinstance(v, dict) and not k.startswith(retention.PREFIX)
+        ),
+        *_retention(spec, metrics),
         *_use(spec),
         *(_how_to_serve(serving) if serving else []),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _outputs_step(metrics: dict[str, Any]) -> list[str]:
+    """Which weights the outputs hold: the metrics below are theirs."""
+    step = metrics.get("outputs_step")
+    if step is None:
+        return []
+    if metrics.get("outputs_chosen_by") == "lowest validation loss":
+        why = (
+            f"the lowest validation loss (early stopping is on; training ran to step "
+            f"{metrics.get('steps')})"
+        )
+    else:
+        why = "the last one (early stopping is off)"
+    tested = (
+        " The test metrics were measured once, on these weights."
+        if any(key.startswith("test_") for key in metrics)
+        else ""
+    )
+    return [f"The outputs hold the weights of step {step}: {why}.{tested}", ""]
+
+
+def _retention(spec: api.FineTuneJobSpec, metrics: dict[str, Any]) -> list[str]:
+    """The loss of each retention set before and after training, or a plain statement
+    that none was measured."""
+    lines = ["", "## Retention", ""]
+    found = retention.results(spec, metrics)
+    if not found:
+        return [
+            *lines,
+            "No retention was measured: `evaluation.retention` names no data, so whether "
+            "this model forgot what its base model knew is unknown.",
+        ]
+    limit = spec.evaluation.max_retention_loss_increase
+    lines += [
+        "Loss (nats per token) on data never trained on, before (base model) and after:",
+        "",
+        "| set | loss before | loss after | change | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for result in found:
+        verdict = (
+            "-"
+            if limit is None
+            else f"**exceeds {limit}**"
+            if result.exceeded
+            else f"within {limit}"
+        )
+        lines.append(
+            f"| {result.name} | {result.loss_before:.4f} | {result.loss_after:.4f} | "
+            f"{result.loss_increase:+.4f} | {verdict} |"
+        )
+    if any(result.exceeded for result in found):
+        lines += [
+            "",
+            "Warning: the retention loss rose past `evaluation.maxRetentionLossIncrease`; the "
+            "model may have forgotten general knowledge. It was written anyway: check it "
+            "before use.",
+        ]
+    return lines
 
 
 def _data(dataset: api.DatasetSpec, report: dict[str, Any]) -> list[str]:

@@ -34,6 +34,10 @@ def input_locations(spec: api.FineTuneJobSpec) -> list[tuple[str, str]]:
         if source is not None
     ]
     inputs += [(f"spec.dataset.mix[{i}].source", mix.source) for i, mix in enumerate(dataset.mix)]
+    inputs += [
+        (f"spec.evaluation.retention[{i}].source", kept.source)
+        for i, kept in enumerate(spec.evaluation.retention)
+    ]
     return [*inputs, ("spec.model.source", spec.model.source)]
 
 

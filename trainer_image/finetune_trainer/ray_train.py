@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_operator import api
 
+from finetune_trainer.checkpoints import SCORE
 from finetune_trainer.layout import WorkerLayout
 from finetune_trainer.resume_point import checkpoint_dir_name
 from finetune_trainer.storage import s3_endpoint
@@ -50,9 +51,23 @@ def checkpoint_uri(storage: str, name: str, step: int) -> str:
     return f"{storage.rstrip('/')}/{name}/{checkpoint_dir_name(step)}"
 
 
+def checkpoint_config(spec: api.FineTuneJobSpec) -> Any:
+    """Keep `keep` checkpoints: the newest, or under early stopping the best by validation
+    loss, whose weights the outputs get (Ray Train always keeps the newest too, to resume)."""
+    from ray.train import CheckpointConfig
+
+    if spec.evaluation.early_stopping is None:
+        return CheckpointConfig(num_to_keep=spec.checkpointing.keep)
+    return CheckpointConfig(
+        num_to_keep=spec.checkpointing.keep,
+        checkpoint_score_attribute=SCORE,
+        checkpoint_score_order="min",
+    )
+
+
 def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) -> Any:
     """Run train_worker on every rank; returns Ray's Result (raises on a failed run)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from finetune_trainer.loop import train_worker
@@ -71,7 +86,7 @@ def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) ->
             name=name,
             **checkpoint_storage(storage),
             failure_config=FailureConfig(max_failures=spec.run_policy.backoff_limit),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpointing.keep),
+            checkpoint_config=checkpoint_config(spec),
         ),
         # gloo on CPU: NCCL needs GPUs.
         torch_config=TorchConfig(backend="nccl" if layout.use_gpu else "gloo"),

@@ -21,7 +21,8 @@ TRAIN_STATS = ("tokens", "loss_tokens", "rows", "padding_ratio", "overlength")
 
 @dataclass
 class Splits:
-    rows: dict[str, list[Any]]  # train, validation, test rows and generation samples
+    # train, validation, test rows and generation samples; "retention": rows per set
+    rows: dict[str, Any]
     stats: dict[str, Any]  # tokens and padding_ratio for data_report.json
     total_steps: int
     steps_per_epoch: int

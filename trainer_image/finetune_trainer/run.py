@@ -21,7 +21,7 @@ from finetune_operator import api
 from finetune_operator.errors import EXIT_BAD_INPUT, UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
-from finetune_trainer import cluster, layout, lineage, ray_train, tracker
+from finetune_trainer import cluster, layout, lineage, ray_train, retention, tracker
 from finetune_trainer.history import HISTORY, append_history, read_history, truncate_history
 from finetune_trainer.model_card import MODEL_CARD, model_card
 from finetune_trainer.overlap import check_output_clear_of_sources
@@ -116,6 +116,8 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: boo
             return _interrupted(plan, state)
         metrics = publish(plan, data, state.final_metrics, state.start_step or 0, board)
     view.console.print(summary_table(metrics, plan.out.uri))
+    for warning in retention.warnings(plan.spec, metrics):  # the model is written: exit 0
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -170,17 +172,22 @@ def prepare_data(plan: RunPlan) -> RunData:
     from finetune_trainer.data.engines import workers_from_env
     from finetune_trainer.rows import tokenize_splits
 
+    # Before the costly stage: a bad retention set fails the run at once.
+    kept_rows, kept_report = retention.prepare(
+        plan.spec, base_dir=plan.base_dir, model_dir=plan.model_dir
+    )
     # Redaction runs on Ray Data, so Ray is up (started here, locally) first.
     workers = workers_from_env(redact=plan.spec.dataset.cleaning.redact_pii)
     prepared = prepare_records(plan.spec, base_dir=plan.base_dir, workers=workers)
     splits = tokenize_splits(prepared, plan.spec, plan.model_dir)
+    splits.rows["retention"] = kept_rows
     records = {"train": prepared.train, "validation": prepared.validation}
     run_lineage = lineage.lineage_of(plan.spec, records, plan.workers.world_size)
     # Before anything is written: a refused run leaves the old run's files as they were.
     lineage.check(plan.out.checkpoint_storage, plan.name, run_lineage, fresh=plan.fresh,
                   zero_stage=plan.spec.deepspeed.zero_stage)  # fmt: skip
     # Written once, after tokenising: the report carries the rows' token counts too.
-    report = prepared.report | splits.stats
+    report = prepared.report | splits.stats | kept_report
     write_prepared(replace(prepared, report=report), plan.out.local_dir)
     return RunData(splits, report, run_lineage)
 
@@ -267,7 +274,9 @@ def publish(
         (out / MODEL_CARD).write_text(model_card(plan.job, metrics, data.report, serving))
     if plan.out.remote:
         upload_dir(out, plan.out.uri)
-    board.finished(final_result(plan.out.uri, metrics, serving.manifests_uri))
+    result = final_result(plan.out.uri, metrics, serving.manifests_uri)
+    kept = retention.results(plan.spec, metrics)
+    board.finished(result.model_copy(update={"retention": kept or None}))
     return metrics
 
 

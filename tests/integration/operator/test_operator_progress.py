@@ -363,3 +363,48 @@ async def test_reads_stop_when_the_job_is_suspended_or_deleted(setup: Setup) -> 
     await setup.cluster.send("DELETE", path)
     # No deletion handler: the resync (every 2 s here) finds the job gone.
     assert await reads_stop(deleted, within=6), "a deleted job's head is still read"
+
+
+def retention_result(*exceeded: bool) -> dict[str, Any]:
+    """A result as the trainer publishes it with evaluation.maxRetentionLossIncrease 0.5."""
+    sets = [
+        {"name": f"set{i}", "lossBefore": 0.7, "lossAfter": 0.7 + (2.1 if over else 0.1),
+         "lossIncrease": 2.1 if over else 0.1, "exceeded": over}
+        for i, over in enumerate(exceeded)
+    ]  # fmt: skip
+    metrics = RESULT["metrics"] | {"retention_max_loss_increase": 0.5}
+    return RESULT | {"metrics": metrics, "retention": sets}
+
+
+async def test_a_retention_regression_marks_the_job_and_warns(setup: Setup) -> None:
+    """The result names a retention set past the threshold: the job still succeeds (the
+    model was written), with RetentionRegressed True and one Warning Event; a job within
+    the threshold gets the condition False and no Warning."""
+    results = {"forgot": retention_result(False, True), "kept": retention_result(False, False)}
+    endpoints = {}
+    for name in results:
+        endpoints[name] = await setup.endpoint(contract_body(40, 40, eta=0.0, checkpoint=40))
+        await setup.running_job(name, endpoints[name])
+    for name, result in results.items():
+        endpoints[name].body = contract_body(40, 40, eta=0.0, checkpoint=40, result=result)
+        await asyncio.wait_for(endpoints[name].result_served.wait(), timeout=5)
+        await endpoints[name].stop()
+        await setup.cluster.set_rayjob_status(name, jobDeploymentStatus="Complete",
+                                              jobStatus="SUCCEEDED")  # fmt: skip
+    for name in results:
+        await eventually(lambda name=name: setup.cluster.status(name).get("phase") == "Succeeded")
+        await eventually(lambda name=name: "TrainingFinished" in reasons(setup.cluster, name))
+        assert condition(setup.cluster, name, "Succeeded")["status"] == "True"
+
+    regressed = condition(setup.cluster, "forgot", "RetentionRegressed")
+    assert (regressed["status"], regressed["reason"]) == ("True", "RetentionLossIncreased")
+    assert "set1: loss 0.7000 -> 2.8000 (+2.1000)" in regressed["message"]
+    assert "set0" not in regressed["message"]  # within the threshold
+    assert setup.cluster.status("forgot")["result"]["retention"][1]["exceeded"] is True
+    warnings = [e for e in setup.cluster.events("forgot") if e["reason"] == "RetentionRegressed"]
+    assert [e["type"] for e in warnings] == ["Warning"]
+    assert "maxRetentionLossIncrease 0.5" in warnings[0]["message"]
+
+    kept = condition(setup.cluster, "kept", "RetentionRegressed")
+    assert (kept["status"], kept["reason"]) == ("False", "RetentionWithinLimit")
+    assert "RetentionRegressed" not in reasons(setup.cluster, "kept")

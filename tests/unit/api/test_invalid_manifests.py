@@ -54,7 +54,7 @@ CASES = [
     ({"spec.dataset.validationSplit": 1.0}, "spec.dataset.validationSplit", "less than 1"),
     ({"spec.dataset.mix": [{"source": "s3://d/replay.jsonl"}]}, "spec.dataset.mix[0].weight", "required"),
     ({"spec.dataset.mix": [{"source": "s3://d/r.jsonl", "weight": -1}]}, "spec.dataset.mix[0].weight", "greater than 0"),
-    ({"spec.evaluation": {"metrics": ["loss", "f1"]}}, "spec.evaluation.metrics[1]", "'bleu'"),
+    ({"spec.evaluation": {"metrics": ["loss", "meteor"]}}, "spec.evaluation.metrics[1]", "'bleu'"),
     ({"spec.checkpointing": {"keep": 0}}, "spec.checkpointing.keep", "greater than or equal to 1"),
     ({"spec.runPolicy": {"backoffLimit": -1}}, "spec.runPolicy.backoffLimit", "greater than or equal to 0"),
     ({"spec.model.secretRef": {"name": "HF_Token"}}, "spec.model.secretRef.name", "object name"),

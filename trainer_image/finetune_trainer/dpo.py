@@ -32,10 +32,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from finetune_operator import api
 
-from finetune_trainer.batches import collate, model_inputs, shard_for_eval, to_device
+from finetune_trainer.batches import collate, model_inputs
 from finetune_trainer.data.packing import Row
+from finetune_trainer.evaluate import eval_batches
 from finetune_trainer.loss import LossRequest, find_loss_head
-from finetune_trainer.prefetch import HostBatches, ahead, pin_batch
+from finetune_trainer.prefetch import HostBatches
 
 # What every pair contributes, averaged over pairs: the history's names (eval_ and test_
 # prefixed for validation and test); TRL logs them as rewards/accuracies, rewards/margins...
@@ -220,25 +221,14 @@ class PreferenceObjective:
     ) -> dict[str, dict[str, float]]:
         """The STATS' means for each split over all ranks, in one pass; {} for an empty
         split. Collective, like evaluate.evaluate_losses."""
-        rank, world = dist.get_rank(), dist.get_world_size()
         was_training = engine.training
         engine.eval()
         totals = torch.zeros((len(splits), len(STATS) + 1), dtype=torch.float64, device=device)
-        pin = device.type == "cuda"
-
-        def load(item: tuple[int, list[Row], list[Row] | None]) -> tuple[int, dict[str, Any], bool]:
-            index, rows, batch_rows = item
-            # A rank with no rows left still runs a forward pass: ZeRO-3 gathers collectively.
-            batch = collate_pairs(batch_rows or rows[:1], pad_token_id, dtype)
-            return index, pin_batch(batch) if pin else batch, batch_rows is not None
-
-        work = [
-            (index, rows, batch_rows)
-            for index, rows in enumerate(splits.values())
-            for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world)
-        ]
-        for index, batch, counted in ahead(work, load):
-            batch = to_device(batch, device)
+        batches = eval_batches(
+            splits, lambda rows: collate_pairs(rows, pad_token_id, dtype), micro=micro,
+            device=device,
+        )  # fmt: skip
+        for index, batch, counted in batches:
             reference = self.reference.log_probs(engine, batch)
             per_pair = self.loss(sequence_log_probs(engine, batch), reference,
                                  batch["answer_tokens"])  # fmt: skip

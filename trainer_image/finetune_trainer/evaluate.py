@@ -7,6 +7,7 @@ are all-reduced so rank 0 and the others agree on the result.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -53,16 +54,40 @@ def evaluate_losses(
 
     The sums stay on the device until the end; the next micro batch is collated on a
     background thread meanwhile (prefetch.ahead)."""
-    rank, world = dist.get_rank(), dist.get_world_size()
     was_training = model.training
     model.eval()
     totals = torch.zeros((len(splits), 3), dtype=torch.float64, device=device)
+    batches = eval_batches(
+        splits, lambda rows: collate(rows, pad_token_id, dtype), micro=micro, device=device
+    )
+    for index, batch, counted in batches:
+        loss_sum, tokens, correct, _ = forward_sums(model, batch)
+        if counted:
+            totals[index, 0] += loss_sum.detach().double()
+            totals[index, 1] += tokens
+            totals[index, 2] += correct
+    dist.all_reduce(totals)
+    model.train(was_training)
+    return {name: _scores(*totals[i].tolist()) for i, name in enumerate(splits)}
+
+
+def eval_batches(
+    splits: dict[str, list[Row]],
+    collate_rows: Callable[[list[Row]], dict[str, Any]],
+    *,
+    micro: int,
+    device: torch.device,
+) -> Iterator[tuple[int, dict[str, Any], bool]]:
+    """This rank's micro batches of every split, on the device: (split index, batch,
+    counted). The next batch is collated (and pinned on CUDA) on a background thread
+    meanwhile (prefetch.ahead). A rank with no rows left still gets a batch, not counted:
+    every rank must run each forward pass, since ZeRO-3 gathers the weights collectively."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     pin = device.type == "cuda"
 
     def load(item: tuple[int, list[Row], list[Row] | None]) -> tuple[int, dict[str, Any], bool]:
         index, rows, batch_rows = item
-        # A rank with no rows left still runs a forward pass: ZeRO-3 gathers collectively.
-        batch = collate(batch_rows or rows[:1], pad_token_id, dtype)
+        batch = collate_rows(batch_rows or rows[:1])
         return index, pin_batch(batch) if pin else batch, batch_rows is not None
 
     work = [
@@ -71,14 +96,7 @@ def evaluate_losses(
         for batch_rows in shard_for_eval(rows, micro=micro, rank=rank, world_size=world)
     ]
     for index, batch, counted in ahead(work, load):
-        loss_sum, tokens, correct, _ = forward_sums(model, to_device(batch, device))
-        if counted:
-            totals[index, 0] += loss_sum.detach().double()
-            totals[index, 1] += tokens
-            totals[index, 2] += correct
-    dist.all_reduce(totals)
-    model.train(was_training)
-    return {name: _scores(*totals[i].tolist()) for i, name in enumerate(splits)}
+        yield index, to_device(batch, device), counted
 
 
 def _scores(loss_sum: float, tokens: float, correct: float) -> dict[str, float]:

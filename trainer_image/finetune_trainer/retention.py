@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 PREFIX = "retention_"
 REGRESSED = "retention_regressed"
 THRESHOLD = "retention_max_loss_increase"
-FIRST_MALFORMED_LISTED = 5
 
 
 @dataclass
@@ -62,7 +61,7 @@ class RetentionSet:
 
 def read_sets(spec: api.FineTuneJobSpec, *, base_dir: Path | None) -> list[RetentionSet]:
     """Every retention set's records; DataError when one is empty or mostly malformed."""
-    from finetune_trainer.data.clean import clean_item
+    from finetune_trainer.data.clean import FIRST_MALFORMED_LISTED, clean_item
     from finetune_trainer.data.readers import SourceLineage, read_source
 
     sets = []
@@ -85,15 +84,14 @@ def read_sets(spec: api.FineTuneJobSpec, *, base_dir: Path | None) -> list[Reten
 
 
 def _check_usable(kept: RetentionSet, where: str, cleaning: api.CleaningSpec) -> None:
+    from finetune_trainer.data.clean import check_malformed_share
+
     if not kept.records:
         first = f"; first: {'; '.join(kept.malformed)}" if kept.malformed else ""
         raise DataError(f"{where}: {kept.source.source}: no usable records{first}")
-    if kept.malformed_count / kept.read > cleaning.max_malformed_fraction:
-        raise DataError(
-            f"{where}: {kept.source.source}: {kept.malformed_count} of {kept.read} records "
-            f"are malformed (more than spec.dataset.cleaning.maxMalformedFraction="
-            f"{cleaning.max_malformed_fraction}); first: {'; '.join(kept.malformed)}"
-        )
+    check_malformed_share(
+        f"{where}: {kept.source.source}", kept.malformed_count, kept.read, kept.malformed, cleaning
+    )
 
 
 def tokenize_sets(

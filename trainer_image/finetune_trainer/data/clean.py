@@ -24,6 +24,8 @@ from finetune_trainer.errors import DataError
 if TYPE_CHECKING:  # Presidio and spaCy take seconds to import: only a redacting job loads them
     from finetune_trainer.data.pii import Redactor
 
+FIRST_MALFORMED_LISTED = 5  # bad records an error names, as file:line (reason)
+
 
 @dataclass
 class Cleaned:
@@ -92,7 +94,7 @@ def account(
         if item.malformed is not None:
             malformed += 1
             report.add_malformed(item.origin, item.line, item.malformed)
-            if len(first_bad) < 5:
+            if len(first_bad) < FIRST_MALFORMED_LISTED:
                 first_bad.append(f"{item.origin}:{item.line} ({item.malformed})")
             continue
         if item.too_short or item.record is None:
@@ -101,9 +103,17 @@ def account(
         yield item.record, item.redactions
     if read == 0:
         raise DataError(f"{source}: no records")
+    check_malformed_share(source, malformed, read, first_bad, cleaning)
+
+
+def check_malformed_share(
+    label: str, malformed: int, read: int, first_bad: list[str], cleaning: api.CleaningSpec
+) -> None:
+    """DataError naming `label` and its first bad records when more of the `read` records
+    are malformed than spec.dataset.cleaning.maxMalformedFraction allows."""
     if malformed / read > cleaning.max_malformed_fraction:
         raise DataError(
-            f"{source}: {malformed} of {read} records are malformed ({malformed / read:.0%}, "
+            f"{label}: {malformed} of {read} records are malformed ({malformed / read:.0%}, "
             f"more than spec.dataset.cleaning.maxMalformedFraction="
             f"{cleaning.max_malformed_fraction}); first: {'; '.join(first_bad)}"
         )

@@ -2,9 +2,12 @@
 
 Both train the same tiny Llama-shaped model (random weights from a config, built here;
 nothing is downloaded) on the same records (the quickstart's), with the same LoRA (r=16 on
-every linear layer), global batch (8 sequences), learning rate and schedule, in fp32 on
-the CPU with the machine's cores. The baseline pads each batch to its longest sequence
-and does not pack, as HF's own examples do; ours runs the job's defaults (packing).
+every linear layer), global batch (8 sequences), learning rate and schedule, on the CPU
+with the machine's cores, in the same precision: fp32, and bf16 where the CPU has bf16
+instructions (AMX or AVX512-BF16; ours with `precision: bf16`, the baseline as HF's LoRA
+recipes do it: weights loaded in bf16 and `bf16=True`). The baseline pads each batch to
+its longest sequence and does not pack, as HF's own examples do; ours runs the job's
+defaults (packing).
 
 Every run is a fresh process, timed from start to exit. The 1-step run carries all the
 fixed costs (interpreter, imports, Ray, the data stage, loading, saving), so
@@ -15,13 +18,15 @@ with each system's own non-padding training tokens (the same text), and start-up
 T_1step. Each repeat runs the four (ours and the baseline, 1 step and 1 epoch) back to
 back, the systems' order alternating between repeats, and gives its own ratios
 ours/baseline: runs side by side meet the same load from whatever else the machine runs.
-Prints every run, each repeat's ratios, and their median with the range (the spread).
+Prints every run, each repeat's ratios, and their median with the range (the spread),
+per precision.
 
 The epoch must be long against the start-up's noise (a few seconds on a busy machine):
 the quickstart's records (about 23 tokens each) are repeated to --records, and packed rows
 of 128 tokens make about 40 steps of 8 rows per 1,000 records.
 
     python bench/train_throughput.py [--repeats 3] [--records 3000] [--max-seq-length 128]
+                                     [--precision fp32 bf16]
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--hidden-size", type=int, default=768)
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"),
+                        default=["fp32", "bf16"])  # fmt: skip
     parser.add_argument("--baseline-run", type=Path, help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args()
     if args.baseline_run:
@@ -65,6 +72,18 @@ def compare(work: Path, args: argparse.Namespace) -> int:
     data.write_text("\n".join(itertools.islice(itertools.cycle(lines), args.records)) + "\n")
     write_tiny_model(work / "model", [data], hidden_size=args.hidden_size)
     print(f"load before: {load_average()}", flush=True)
+    from finetune_trainer.precision import bf16_native
+
+    for precision in args.precision:
+        if precision == "bf16" and not bf16_native(cuda=False):
+            print("bf16: this CPU has no AMX or AVX512-BF16 instructions; not measured")
+            continue
+        compare_in(work, args, precision)
+    return 0
+
+
+def compare_in(work: Path, args: argparse.Namespace, precision: str) -> None:
+    """The repeats of both systems in `precision`, and the ratios' median and spread."""
     steady_ratios, startup_ratios = [], []
     for repeat in range(args.repeats):
         systems = ("ours", "baseline") if repeat % 2 == 0 else ("baseline", "ours")
@@ -72,10 +91,11 @@ def compare(work: Path, args: argparse.Namespace) -> int:
         for length in ("step", "epoch"):
             for system in systems:
                 run = ours if system == "ours" else baseline
-                result = run(work, f"{system}-{length}-{repeat}", length, args.max_seq_length)
+                name = f"{system}-{precision}-{length}-{repeat}"
+                result = run(work, name, length, args.max_seq_length, precision)
                 runs[system, length] = result
                 print(
-                    f"{system:8} 1 {length:5}  {result['seconds']:7.1f} s  "
+                    f"{precision} {system:8} 1 {length:5}  {result['seconds']:7.1f} s  "
                     f"{result['steps']:4.0f} steps  {result['tokens']:8.0f} tokens",
                     flush=True,
                 )
@@ -83,18 +103,18 @@ def compare(work: Path, args: argparse.Namespace) -> int:
         steady_ratios.append(speed["ours"] / speed["baseline"])
         startup_ratios.append(runs["ours", "step"]["seconds"] / runs["baseline", "step"]["seconds"])
         print(
-            f"repeat {repeat}: steady ours {speed['ours']:.0f} vs baseline "
+            f"{precision} repeat {repeat}: steady ours {speed['ours']:.0f} vs baseline "
             f"{speed['baseline']:.0f} tokens/s = {steady_ratios[-1]:.2f}x; start-up "
             f"{runs['ours', 'step']['seconds']:.1f} vs {runs['baseline', 'step']['seconds']:.1f} s"
             f" = {startup_ratios[-1]:.2f}x   (load {load_average()})",
             flush=True,
         )
     print(
-        f"ratio ours/baseline over {args.repeats} repeats, median [min, max]: "
+        f"{precision}: ratio ours/baseline over {args.repeats} repeats, median [min, max]: "
         f"steady throughput {spread(steady_ratios)} (goal >= 2), "
-        f"start-up {spread(startup_ratios)} (goal <= 2)"
+        f"start-up {spread(startup_ratios)} (goal <= 2)",
+        flush=True,
     )
-    return 0
 
 
 def steady(one: dict[str, float], epoch: dict[str, float]) -> float:
@@ -112,7 +132,9 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
 
 
-def ours(work: Path, name: str, length: str, max_seq_length: int) -> dict[str, float]:
+def ours(
+    work: Path, name: str, length: str, max_seq_length: int, precision: str
+) -> dict[str, float]:
     job = {
         "apiVersion": "finetune.io/v1alpha1",
         "kind": "FineTuneJob",
@@ -139,7 +161,7 @@ def ours(work: Path, name: str, length: str, max_seq_length: int) -> dict[str, f
                 "learningRate": LEARNING_RATE,
                 "batchSize": BATCH,
                 "microBatchSize": BATCH,
-                "precision": "fp32",
+                "precision": precision,
                 "seed": SEED,
             }
             | ({"maxSteps": 1} if length == "step" else {}),
@@ -161,13 +183,16 @@ def ours(work: Path, name: str, length: str, max_seq_length: int) -> dict[str, f
     return {"seconds": seconds, "steps": steps, "tokens": trained}
 
 
-def baseline(work: Path, name: str, length: str, max_seq_length: int) -> dict[str, float]:
+def baseline(
+    work: Path, name: str, length: str, max_seq_length: int, precision: str
+) -> dict[str, float]:
     config = {
         "model": str(work / "model"),
         "data": str(work / "train.jsonl"),
         "output": str(work / name),
         "max_steps": 1 if length == "step" else -1,
         "max_seq_length": max_seq_length,
+        "bf16": precision == "bf16",
     }
     path = work / f"{name}.json"
     path.write_text(json.dumps(config), encoding="utf-8")
@@ -195,7 +220,8 @@ def baseline_run(config: dict[str, Any]) -> int:
     )
 
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
-    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
+    dtype = torch.bfloat16 if config["bf16"] else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=dtype)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -226,6 +252,7 @@ def baseline_run(config: dict[str, Any]) -> int:
         lr_scheduler_type="cosine",
         seed=SEED,
         use_cpu=True,
+        bf16=config["bf16"],  # autocast to bf16 on the CPU, as on a GPU
         save_strategy="no",
         report_to=[],
         logging_strategy="no",

@@ -431,7 +431,9 @@ class Hyperparameters(ApiModel):
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",
-        description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.",
+        description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU. "
+        "bf16 on a CPU with AMX or AVX512-BF16 instructions trains in bf16 there; other "
+        "CPUs train in fp32, with a note.",
     )
     liger_kernels: bool = Field(
         False,

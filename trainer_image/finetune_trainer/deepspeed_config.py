@@ -55,24 +55,6 @@ def plan_batch(
     return BatchPlan(micro_batch_size, per_rank // micro_batch_size, world_size)
 
 
-def resolve_precision(
-    requested: str, *, cuda: bool, bf16_supported: bool
-) -> tuple[str, str | None]:
-    """The precision to train in, and a note when the request cannot be honoured here."""
-    if not cuda:
-        note = (
-            None
-            if requested in ("auto", "fp32")
-            else (f"precision {requested} needs a CUDA GPU; training in fp32 on CPU")
-        )
-        return "fp32", note
-    if requested == "auto":
-        return ("bf16" if bf16_supported else "fp16"), None
-    if requested == "bf16" and not bf16_supported:
-        return "fp16", "this GPU has no bf16 support; training in fp16 instead"
-    return requested, None
-
-
 def build_deepspeed_config(
     spec: api.FineTuneJobSpec, *, world_size: int, precision: str, cuda: bool = False
 ) -> dict[str, Any]:

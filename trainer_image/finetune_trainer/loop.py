@@ -31,10 +31,10 @@ from finetune_trainer.deepspeed_config import (
     BatchPlan,
     build_deepspeed_config,
     plan_batch,
-    resolve_precision,
 )
 from finetune_trainer.engine import DTYPES, build_engine
 from finetune_trainer.model import count_parameters, load_tokenizer, resolve_model_dir
+from finetune_trainer.precision import bf16_native, resolve_precision
 from finetune_trainer.prefetch import HostBatches, ahead, collate_step
 from finetune_trainer.reporter import BackgroundReporter, PendingRow
 from finetune_trainer.reports import mfu
@@ -49,6 +49,7 @@ PEAK_FLOPS = {
     "L4": 121e12,
     "A10": 125e12,
 }
+PRECISION_OF = {dtype: name for name, dtype in DTYPES.items()}
 # A rank's data from the driver: its training rows (shards.RankRows), and the validation
 # and test rows and generation samples whole.
 Rows = dict[str, Any]
@@ -169,7 +170,7 @@ class Worker:
         precision, note = resolve_precision(
             spec.hyperparameters.precision,
             cuda=torch.cuda.is_available(),
-            bf16_supported=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            bf16_supported=bf16_native(cuda=torch.cuda.is_available()),
         )
         if note and rank == 0:
             print(f"note: {note}")
@@ -403,6 +404,7 @@ class Worker:
             "stopped_early": self.state.stopped_early,
             "outputs_step": outputs_step,
             "outputs_chosen_by": "lowest validation loss" if self.early else "last step",
+            "precision": PRECISION_OF[self.dtype],  # what ran: `auto` and fallbacks resolved
             "trainable_parameters": self.trainable_params,
             "total_parameters": self.total_params,
         }

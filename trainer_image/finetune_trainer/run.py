@@ -136,7 +136,8 @@ def plan_run(
     job_path: Path, *, output: Path | None, workers: int | None, fresh: bool = False
 ) -> RunPlan:
     """Parse the job, lay out the workers and refuse what cannot run, before any real work."""
-    from finetune_trainer.deepspeed_config import plan_batch, resolve_precision
+    from finetune_trainer.deepspeed_config import plan_batch
+    from finetune_trainer.precision import bf16_native, resolve_precision
     from finetune_trainer.model import resolve_model_dir
 
     job = load_job_file(job_path)
@@ -150,8 +151,10 @@ def plan_run(
         spec.resources, workers_override=workers, cluster_gpus=gpus, cluster_cpus=cpus, local=local
     )
     if not workers_layout.use_gpu:  # on GPUs the workers decide, since only they see the device
+        # In a cluster the CPU workers may run on other machines: there they decide bf16.
+        bf16 = bf16_native(cuda=False) or not local
         _, precision_note = resolve_precision(spec.hyperparameters.precision, cuda=False,
-                                              bf16_supported=False)  # fmt: skip
+                                              bf16_supported=bf16)  # fmt: skip
         workers_layout.notes.extend([precision_note] if precision_note else [])
     for note in workers_layout.notes:
         print(f"note: {note}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_trainer.precision import bf16_native
 from finetune_trainer.run import EXIT_INTERRUPTED, STOP_AT_STEP_ENV, run_command
 from finetune_trainer.schedule import lr_multiplier
 
@@ -125,6 +126,29 @@ def test_full_run_writes_a_loadable_model(local_ray, job_dir):
     assert metrics["trainable_parameters"] == metrics["total_parameters"]
 
 
+@pytest.mark.skipif(
+    not bf16_native(cuda=False), reason="needs a CPU with AMX or AVX512-BF16 instructions"
+)
+def test_a_bf16_run_on_a_cpu_with_bf16_instructions_trains_and_resumes_in_bf16(
+    local_ray, job_dir, monkeypatch
+):
+    manifest = MakeJob.trainer().spec(
+        hyperparameters={"maxSteps": 4, "precision": "bf16"},
+        checkpointing={"everySteps": 100, "keep": 1},
+    ).obj()  # fmt: skip
+    job = write_job(job_dir, manifest)
+    out = job_dir / "out"
+    monkeypatch.setenv(STOP_AT_STEP_ENV, "2")
+    assert run_command(job, output=None, workers=None) == EXIT_INTERRUPTED
+    monkeypatch.delenv(STOP_AT_STEP_ENV)
+    assert run_command(job, output=None, workers=None) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16"
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
+    losses = [r["loss"] for r in history(out) if "loss" in r]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
 def test_an_interrupted_run_resumes_at_its_checkpoint(local_ray, job_dir, monkeypatch):
     manifest = MakeJob.trainer().spec(
         hyperparameters={"maxSteps": 6}, checkpointing={"everySteps": 100, "keep": 2},
@@ -147,6 +171,7 @@ def test_an_interrupted_run_resumes_at_its_checkpoint(local_ray, job_dir, monkey
     assert trained == [1, 2, 3, 4, 5, 6]  # continued at 3, nothing repeated or lost
     assert [r["step"] for r in history(out) if "eval_loss" in r] == [0, 3, 6]
     assert metrics["steps"] == 6
+    assert metrics["precision"] == "fp32"  # `auto` on a CPU
     # The scheduler's state came back too: every step used the rate of an unbroken run.
     peak = manifest["spec"]["hyperparameters"]["learningRate"]
     for row in history(out):

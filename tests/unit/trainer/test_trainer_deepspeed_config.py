@@ -8,7 +8,6 @@ from finetune_trainer.deepspeed_config import (
     adamw_options,
     build_deepspeed_config,
     plan_batch,
-    resolve_precision,
 )
 from finetune_trainer.errors import BatchSizeError
 
@@ -103,25 +102,6 @@ def test_offloaded_optimizer_is_built_by_deepspeed_and_others_are_ours():
     assert offloaded["optimizer"]["params"]["weight_decay"] == 0.1
     plain = build_deepspeed_config(spec(), world_size=1, precision="fp32")
     assert "optimizer" not in plain
-
-
-@pytest.mark.parametrize(
-    ("requested", "cuda", "bf16", "expected", "noted"),
-    [
-        ("auto", False, False, "fp32", False),
-        ("fp32", False, False, "fp32", False),
-        ("bf16", False, False, "fp32", True),
-        ("fp16", False, False, "fp32", True),
-        ("auto", True, True, "bf16", False),
-        ("auto", True, False, "fp16", False),
-        ("bf16", True, False, "fp16", True),
-        ("fp32", True, True, "fp32", False),
-    ],
-)
-def test_precision_resolution(requested, cuda, bf16, expected, noted):
-    precision, note = resolve_precision(requested, cuda=cuda, bf16_supported=bf16)
-    assert precision == expected
-    assert (note is not None) == noted
 
 
 @pytest.mark.parametrize(("cuda", "overlap"), [(True, True), (False, False)])

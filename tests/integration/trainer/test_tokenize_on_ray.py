@@ -121,3 +121,25 @@ def test_large_splits_go_to_every_cpu_small_ones_stay(local_ray, monkeypatch):
     assert parallel_workers(10 * MIN_PARALLEL_RECORDS) is None
     monkeypatch.setenv("FINETUNE_DATA_WORKERS", "8")  # never more tasks than CPUs
     assert parallel_workers(10 * MIN_PARALLEL_RECORDS) == 2
+
+
+def test_a_runs_large_training_split_is_tokenised_on_ray(local_ray, workspace, monkeypatch):
+    from finetune_trainer import rows
+    from finetune_trainer.data import prepare_records
+
+    spec = MakeJob.trainer().spec(hyperparameters={"batchSize": 2}).typed_spec()
+    prepared = prepare_records(spec, base_dir=workspace)
+    monkeypatch.setenv("FINETUNE_DATA_WORKERS", "0")
+    in_driver = rows.tokenize_splits(prepared, spec, workspace / "model")
+    monkeypatch.delenv("FINETUNE_DATA_WORKERS")
+    monkeypatch.setattr("finetune_trainer.data.tokenize_on_ray.MIN_PARALLEL_RECORDS", 50)
+    sent = []
+
+    def counted(records, *args, **kwargs):
+        sent.append(len(records))
+        return build_rows_on_ray(records, *args, **kwargs)
+
+    monkeypatch.setattr(rows, "build_rows_on_ray", counted)
+    on_ray = rows.tokenize_splits(prepared, spec, workspace / "model")
+    assert sent == [len(prepared.train)]  # the small validation and test splits stayed
+    assert on_ray.rows == in_driver.rows and on_ray.stats == in_driver.stats

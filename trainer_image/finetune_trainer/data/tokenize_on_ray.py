@@ -41,8 +41,11 @@ from finetune_trainer.data.pairs import kept_pairs, rows_of_pairs
 from finetune_trainer.data.tokenize import IGNORE_INDEX, Document
 
 # Below this many records a split is tokenised on the driver. Measured with Ray already up
-# (bench/data_stage.py's chats, 2 cores): starting the tasks, shipping the tokenizer and
-# the first unpickling cost about as much as 3,000 records take on one core.
+# (bench/data_stage.py's chats, 2 busy cores): the first split sent to Ray pays ~0.9 s more
+# than a later one (2,000 records: 1.67 s against 0.73 s), as workers import the
+# tokenizer's libraries and unpickle it: ~3,000 records of one core's work. N cores save
+# (1 - 1/N) of the tokenising, so that pays from ~6,000 records on 2 cores and ~3,500 on
+# 8; validation and test splits are usually smaller and stay here.
 MIN_PARALLEL_RECORDS = 5_000
 # Records per task: a few tokenizer batches, ~0.3 s of work, so a task's own overhead
 # (milliseconds) stays under 1 % and the chunks still spread evenly over the workers.

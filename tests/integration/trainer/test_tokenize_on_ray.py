@@ -65,7 +65,7 @@ def test_text_records_equal_the_drivers(local_ray, tokenizer):
     )
 
 
-def preference_records() -> list[dict]:
+def raw_preferences() -> list[dict]:
     records = [
         {"prompt": f"Name a colour ({i})", "chosen": f"Blue, {i}. " * (i % 7 + 1),
          "rejected": f"No, {i}."}
@@ -82,7 +82,11 @@ def preference_records() -> list[dict]:
         "chosen": [{"role": "assistant", "content": "Green."}],
         "rejected": [{"role": "assistant", "content": "No."}],
     }
-    return [check_record(record, "preference") for record in records]
+    return records
+
+
+def preference_records() -> list[dict]:
+    return [check_record(record, "preference") for record in raw_preferences()]
 
 
 @pytest.mark.parametrize("policy", ["truncate", "drop"])
@@ -123,23 +127,39 @@ def test_large_splits_go_to_every_cpu_small_ones_stay(local_ray, monkeypatch):
     assert parallel_workers(10 * MIN_PARALLEL_RECORDS) == 2
 
 
-def test_a_runs_large_training_split_is_tokenised_on_ray(local_ray, workspace, monkeypatch):
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_a_runs_large_training_split_is_tokenised_on_ray(
+    local_ray, workspace, tmp_path, monkeypatch, objective
+):
+    import json
+
     from finetune_trainer import rows
     from finetune_trainer.data import prepare_records
 
-    spec = MakeJob.trainer().spec(hyperparameters={"batchSize": 2}).typed_spec()
-    prepared = prepare_records(spec, base_dir=workspace)
+    job = MakeJob.trainer().spec(hyperparameters={"batchSize": 2})
+    if objective == "dpo":
+        (tmp_path / "model").symlink_to(workspace / "model")
+        lines = [json.dumps(record) + "\n" for record in raw_preferences()]
+        (tmp_path / "prefs.jsonl").write_text("".join(lines))
+        job = job.train("prefs.jsonl", fmt="preference").spec(method={"objective": "dpo"})
+    folder = tmp_path if objective == "dpo" else workspace
+    spec = job.typed_spec()
+    prepared = prepare_records(spec, base_dir=folder)
     monkeypatch.setenv("FINETUNE_DATA_WORKERS", "0")
-    in_driver = rows.tokenize_splits(prepared, spec, workspace / "model")
+    in_driver = rows.tokenize_splits(prepared, spec, folder / "model")
     monkeypatch.delenv("FINETUNE_DATA_WORKERS")
-    monkeypatch.setattr("finetune_trainer.data.tokenize_on_ray.MIN_PARALLEL_RECORDS", 50)
+    monkeypatch.setattr("finetune_trainer.data.tokenize_on_ray.MIN_PARALLEL_RECORDS", 30)
     sent = []
 
-    def counted(records, *args, **kwargs):
-        sent.append(len(records))
-        return build_rows_on_ray(records, *args, **kwargs)
+    def counted(tokenise):
+        def sending(records, *args, **kwargs):
+            sent.append(len(records))
+            return tokenise(records, *args, **kwargs)
 
-    monkeypatch.setattr(rows, "build_rows_on_ray", counted)
-    on_ray = rows.tokenize_splits(prepared, spec, workspace / "model")
+        return sending
+
+    monkeypatch.setattr(rows, "build_rows_on_ray", counted(build_rows_on_ray))
+    monkeypatch.setattr(rows, "build_pairs_on_ray", counted(build_pairs_on_ray))
+    on_ray = rows.tokenize_splits(prepared, spec, folder / "model")
     assert sent == [len(prepared.train)]  # the small validation and test splits stayed
     assert on_ray.rows == in_driver.rows and on_ray.stats == in_driver.stats

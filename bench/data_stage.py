@@ -2,7 +2,10 @@
 
 Ours is `build_rows` (each chat record rendered once, one tokenizer call per batch, labels
 from offsets, packing) on the records the data stage yields, on ONE core; `token_stats` is
-the same tokenisation streamed, as `finetune data` uses it for its report. The baseline is
+the same tokenisation streamed, as `finetune data` uses it for its report; "build_rows on
+Ray" is what a run does with a large split: Ray tasks tokenise chunks on every core, the
+driver packs (Ray is started before the clock, as a run starts it before the data stage;
+shipping the tokenizer and the workers' first imports are timed). The baseline is
 what Hugging Face recipes do: `Dataset.from_list` and a batched `map` that applies the
 chat template and tokenises, with `num_proc` = the cores this process may use (no loss
 masks: it does less than ours). Every measurement runs in a fresh process, so its peak RSS
@@ -28,9 +31,10 @@ from typing import Any
 
 SEED = 1313
 CHILD_TIMEOUT_S = 1800
-# "build_rows" and "token_stats" run on one core; "build_rows, all cores" lets the Rust
-# tokenizer use its threads; the map runs one process per core.
-KINDS = ("build_rows", "token_stats", "build_rows, all cores", "datasets-map")
+# "build_rows" and "token_stats" run on one core; "build_rows on Ray" runs one Ray task per
+# core; the map runs one process per core.
+ON_RAY = "build_rows on Ray"
+KINDS = ("build_rows", "token_stats", ON_RAY, "datasets-map")
 ONE_CORE = ("build_rows", "token_stats")
 
 
@@ -109,16 +113,21 @@ def count_renders(tokenizer: Any) -> list[int]:
     return counter
 
 
-def run_ours(records: list[dict[str, Any]], tokenizer: Any, streamed: bool) -> dict[str, Any]:
+def run_ours(records: list[dict[str, Any]], tokenizer: Any, kind: str) -> dict[str, Any]:
     from finetune_trainer.data import build_rows, token_stats
+    from finetune_trainer.data.tokenize_on_ray import build_rows_on_ray
 
     from tests.factories import MakeJob
 
     dataset = MakeJob.data_stage().typed_spec().dataset
-    renders = count_renders(tokenizer)
+    # On Ray the renders happen in the workers, out of this counter's sight.
+    renders = count_renders(tokenizer) if kind != ON_RAY else [0]
     started = time.perf_counter()
-    if streamed:
+    if kind == "token_stats":
         stats = token_stats(iter(records), "messages", tokenizer, dataset)
+    elif kind == ON_RAY:
+        cores = len(os.sched_getaffinity(0))
+        _rows, stats = build_rows_on_ray(records, "messages", tokenizer, dataset, workers=cores)
     else:
         _rows, stats = build_rows(records, "messages", tokenizer, dataset)
     seconds = time.perf_counter() - started
@@ -144,9 +153,23 @@ def run_datasets_map(records: list[dict[str, Any]], tokenizer: Any) -> dict[str,
     return {"seconds": seconds, "tokens": tokens, "renders": len(records)}
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the map's workers)."""
+def cpu_seconds(kind: str) -> float:
+    """CPU time of this process and its finished children (the map's workers); on Ray, of
+    this process and every live descendant (Ray's own processes and its workers)."""
     import resource
+
+    if kind == ON_RAY:
+        import psutil
+
+        total = 0.0
+        me = psutil.Process()
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # a process that just exited
+                continue
+            total += times.user + times.system
+        return total
 
     own, children = (
         resource.getrusage(resource.RUSAGE_SELF),
@@ -163,13 +186,18 @@ def child(kind: str, count: int, model_dir: str) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     records = synthetic_records(count)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    cpu = cpu_seconds()
+    if kind == ON_RAY:
+        import ray
+
+        cores = len(os.sched_getaffinity(0))
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    cpu = cpu_seconds(kind)
     with PeakRss() as rss:
         if kind == "datasets-map":
             result = run_datasets_map(records, tokenizer)
         else:
-            result = run_ours(records, tokenizer, streamed=kind == "token_stats")
-    cpu = cpu_seconds() - cpu
+            result = run_ours(records, tokenizer, kind)
+    cpu = cpu_seconds(kind) - cpu
     assistant_turns = sum(m["role"] == "assistant" for r in records for m in r["messages"])
     result |= {
         "records": count,
@@ -227,20 +255,22 @@ def main() -> int:
         }
     cores = len(os.sched_getaffinity(0))
     print(
-        f"\n{'':<26}{'records':>9}{'records/s':>11}{'CPU us/rec':>12}{'peak RSS MiB':>14}"
+        f"\n{'':<30}{'records':>9}{'records/s':>11}{'CPU us/rec':>12}{'peak RSS MiB':>14}"
         f"{'renders/rec':>13}"
     )
     for (kind, count), result in results.items():
         name = kind + (" (1 core)" if kind in ONE_CORE else f" ({cores} cores)")
         print(
-            f"{name:<26}{count:>9}{result['records_per_second']:>11.0f}"
+            f"{name:<30}{count:>9}{result['records_per_second']:>11.0f}"
             f"{result['cpu_us_per_record']:>12.0f}{result['peak_rss_mib']:>14.0f}"
-            f"{result['renders_per_record']:>13.2f}"
+            f"{result['renders_per_record'] or '-':>13.5}"
         )
     large, small = args.records, args.small
     theirs = results["datasets-map", large]
     if results["build_rows", large]["tokens"] != theirs["tokens"]:
         print("note: the map made a different number of tokens than build_rows")
+    if results["build_rows", large]["tokens"] != results[ON_RAY, large]["tokens"]:
+        raise SystemExit("build_rows on Ray made a different number of tokens than build_rows")
 
     def ratio(kind: str, key: str) -> float:
         return round(results[kind, large][key] / theirs[key], 2)

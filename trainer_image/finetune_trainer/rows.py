@@ -1,4 +1,5 @@
-"""Tokenize the prepared splits once, on the driver, and work out how long training runs."""
+"""Tokenize the prepared splits once (on the Ray cluster's cores when they are large) and
+work out how long training runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from typing import Any
 from finetune_operator import api
 
 from finetune_trainer.data import PreparedData, build_rows
+from finetune_trainer.data.packing import Row
 from finetune_trainer.data.pairs import build_pairs
+from finetune_trainer.data.tokenize_on_ray import (
+    build_pairs_on_ray,
+    build_rows_on_ray,
+    parallel_workers,
+)
 from finetune_trainer.errors import NotEnoughData
 from finetune_trainer.evaluate import GENERATION_METRICS, generation_samples
 from finetune_trainer.model import load_tokenizer
@@ -38,9 +45,9 @@ def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, model_dir
         if not records:
             rows[split], split_stats = [], {}
         elif spec.method.objective == "dpo":  # one row per pair: the batch counts pairs
-            rows[split], split_stats = build_pairs(records, tokenizer, spec.dataset)
+            rows[split], split_stats = _pairs(records, tokenizer, spec.dataset)
         else:
-            rows[split], split_stats = build_rows(records, prepared.format, tokenizer, spec.dataset)
+            rows[split], split_stats = _rows(records, prepared.format, tokenizer, spec.dataset)
         stats[split] = split_stats
     batch = spec.hyperparameters.batch_size
     if len(rows["train"]) < batch:
@@ -68,3 +75,21 @@ def tokenize_splits(prepared: PreparedData, spec: api.FineTuneJobSpec, model_dir
         ),
         steps_per_epoch=steps_per_epoch(len(rows["train"]), batch),
     )
+
+
+def _rows(
+    records: list[Any], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
+) -> tuple[list[Row], dict[str, Any]]:
+    workers = parallel_workers(len(records))
+    if workers is None:
+        return build_rows(records, fmt, tokenizer, dataset)
+    return build_rows_on_ray(records, fmt, tokenizer, dataset, workers=workers)
+
+
+def _pairs(
+    records: list[Any], tokenizer: Any, dataset: api.DatasetSpec
+) -> tuple[list[Row], dict[str, Any]]:
+    workers = parallel_workers(len(records))
+    if workers is None:
+        return build_pairs(records, tokenizer, dataset)
+    return build_pairs_on_ray(records, tokenizer, dataset, workers=workers)

@@ -28,8 +28,15 @@ def build_rows(
     records: list[Record], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
 ) -> tuple[list[Row], dict[str, Any]]:
     """Tokenised rows of at most dataset.maxSeqLength tokens, and their statistics."""
-    overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
-    documents = list(_documents(records, fmt, tokenizer, dataset, overlength))
+    overlength = new_overlength()
+    documents = list(within_limit(records, fmt, tokenizer, dataset, overlength))
+    return rows_of_documents(documents, dataset, overlength)
+
+
+def rows_of_documents(
+    documents: list[Document], dataset: api.DatasetSpec, overlength: dict[str, int]
+) -> tuple[list[Row], dict[str, Any]]:
+    """build_rows' second half, on documents already tokenised (here or on Ray)."""
     limit = dataset.max_seq_length
     if dataset.packing:
         layout = _pack_lengths([len(d.input_ids) for d in documents], limit)
@@ -45,9 +52,9 @@ def token_stats(
     records: Iterable[Record], fmt: str, tokenizer: Any, dataset: api.DatasetSpec
 ) -> dict[str, Any]:
     """The statistics of build_rows, keeping two integers per document instead of rows."""
-    overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
+    overlength = new_overlength()
     lengths, losses = [], []
-    for document in _documents(records, fmt, tokenizer, dataset, overlength):
+    for document in within_limit(records, fmt, tokenizer, dataset, overlength):
         lengths.append(len(document.input_ids))
         losses.append(document.loss_tokens)
     limit = dataset.max_seq_length
@@ -57,7 +64,12 @@ def token_stats(
     return _stats(layout, lengths, losses, overlength, limit)
 
 
-def _documents(
+def new_overlength() -> dict[str, int]:
+    """The over-length counts of the data report, all zero."""
+    return {"truncated": 0, "dropped": 0, "chunked": 0}
+
+
+def within_limit(
     records: Iterable[Record],
     fmt: str,
     tokenizer: Any,

@@ -22,7 +22,7 @@ from finetune_operator import api
 
 from finetune_trainer.data.chat_spans import Span
 from finetune_trainer.data.formats import Record, preference_conversations
-from finetune_trainer.data.packing import TOKENIZE_BATCH, Row, check_template
+from finetune_trainer.data.packing import TOKENIZE_BATCH, Row, check_template, new_overlength
 from finetune_trainer.data.tokenize import IGNORE_INDEX, Document, RecordTokenizer
 
 
@@ -30,13 +30,23 @@ def build_pairs(
     records: list[Record], tokenizer: Any, dataset: api.DatasetSpec
 ) -> tuple[list[Row], dict[str, Any]]:
     """One row per preference pair, and the statistics build_rows reports."""
+    overlength = new_overlength()
+    kept = kept_pairs(records, tokenizer, dataset, overlength)
+    return rows_of_pairs(kept, dataset, overlength)
+
+
+def kept_pairs(
+    records: Iterable[Record],
+    tokenizer: Any,
+    dataset: api.DatasetSpec,
+    overlength: dict[str, int],
+) -> Iterator[tuple[Document, Document]]:
+    """The (chosen, rejected) documents of each record the over-length policy keeps."""
     check_template("preference", tokenizer, dataset)
     tokenizing = RecordTokenizer(
         "messages", tokenizer, chat_template=dataset.chat_template, train_on_prompt=False
     )
     limit, policy = dataset.max_seq_length, dataset.cleaning.overlength
-    overlength = {"truncated": 0, "dropped": 0, "chunked": 0}
-    rows: list[Row] = []
     for chosen, rejected in _pairs(records, tokenizing):
         if max(len(chosen.input_ids), len(rejected.input_ids)) > limit:
             chosen, rejected = _truncated(chosen, limit), _truncated(rejected, limit)
@@ -44,9 +54,18 @@ def build_pairs(
             overlength["truncated" if keep else "dropped"] += 1
             if not keep:
                 continue
-        rows.append(pair_row(chosen, rejected))
+        yield chosen, rejected
+
+
+def rows_of_pairs(
+    pairs: Iterable[tuple[Document, Document]],
+    dataset: api.DatasetSpec,
+    overlength: dict[str, int],
+) -> tuple[list[Row], dict[str, Any]]:
+    """build_pairs' second half, on pairs already tokenised (here or on Ray)."""
+    rows = [pair_row(chosen, rejected) for chosen, rejected in pairs]
     tokens = sum(len(row["input_ids"]) for row in rows)
-    capacity = 2 * limit * len(rows)
+    capacity = 2 * dataset.max_seq_length * len(rows)
     return rows, {
         "tokens": tokens,
         "loss_tokens": sum(len(row["labels"]) - row["labels"].count(IGNORE_INDEX) for row in rows),

@@ -98,6 +98,10 @@ def run_command(
     except UserError as error:  # anything else is a bug and keeps its traceback
         print(f"finetune run: {job_path}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        # A run refused while the local instance was starting: its error is out first, and
+        # nothing of Ray's follows it or stays up.
+        cluster.stop_local()
 
 
 def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: bool) -> int:
@@ -106,12 +110,8 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: boo
     plan = plan_run(job_path, output=output, workers=workers, fresh=fresh)
     if plan.local:
         cluster.start_local()  # seconds of process start-ups, beside the data stage
-    try:
-        data = prepare_data(plan)
-        claim_checkpoints(plan, data)
-    except BaseException:
-        cluster.stop_local()  # a refused run shows its error alone, and no Ray stays up
-        raise
+    data = prepare_data(plan)
+    claim_checkpoints(plan, data)
     view, board = ProgressView(), ProgressBoard()
     if plan.spec.sweep is not None:  # several trials on Ray Tune, then the best published
         return _sweep(plan, data, view, board)

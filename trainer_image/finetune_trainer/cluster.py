@@ -27,15 +27,13 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 #   dashboard that a local instance does not run: each a process or work at start-up;
 # - Ray Train's controller polls its workers every 0.25 s instead of every 2 s: it notices
 #   the end of training (and takes each checkpoint's report, on which the next report
-#   waits) that much sooner; a poll is one small actor call;
-# - no idle worker per CPU started ahead for the first driver: Ray Train's actors carry
-#   environment variables of their own, so they cannot use one, and each is a process that
-#   imports Ray and is killed unused (on 2 cores, half a CPU-second; on 16, eight).
+#   waits) that much sooner; a poll is one small actor call.
+# (Not `RAY_prestart_worker_first_driver=0`, though Ray Train's actors cannot use the idle
+# workers Ray starts ahead: with it, the raylet's agents sometimes outlived a killed driver.)
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    "RAY_prestart_worker_first_driver": "0",
 }
 # What ray.init says when called off the main thread; start_local sets that handler itself.
 _OFF_MAIN_THREAD_WARNING = "SIGTERM handler is not set"

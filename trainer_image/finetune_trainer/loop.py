@@ -69,9 +69,12 @@ class WorkerSetup:
     stop_at_step: int | None = None  # test hook: stop as if Ctrl-C came during this step
 
 
-def train_worker(config: dict[str, WorkerSetup]) -> None:
-    """Entry point of each Ray Train worker (Ray Train's train_loop_config is `config`)."""
-    worker = Worker.setup(config["setup"])
+def train_worker(config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker (Ray Train's train_loop_config is `config`; its
+    "setup" is an object reference to the WorkerSetup, see ray_train.fit)."""
+    import ray
+
+    worker = Worker.setup(ray.get(config["setup"]))
     try:
         worker.measure_retention_before()
         stop = worker.evaluate_baseline()

@@ -19,6 +19,15 @@ from finetune_trainer.storage import s3_endpoint
 if TYPE_CHECKING:
     from finetune_trainer.loop import WorkerSetup
 
+# Ray Train helpers that a run of ours has no use for, by class name; each is an actor (a
+# process to start beside the workers, on a start-up's critical path on a small machine):
+# - DatasetsCallback starts a manager of Ray Datasets for the workers: we pass none;
+# - PlacementGroupCleanerCallback starts a watcher that frees the workers' resources should
+#   the controller die while the cluster lives on. A local instance dies with its driver
+#   (see reaper); and without the dashboard its query of the controller fails every second.
+UNUSED_CALLBACKS = frozenset({"DatasetsCallback"})
+UNUSED_LOCAL_CALLBACKS = UNUSED_CALLBACKS | {"PlacementGroupCleanerCallback"}
+
 
 def training_failures() -> tuple[type[BaseException], ...]:
     """What fit() raises when the run itself failed (after FailureConfig's retries)."""
@@ -66,16 +75,30 @@ def checkpoint_config(spec: api.FineTuneJobSpec) -> Any:
 
 
 def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) -> Any:
-    """Run train_worker on every rank; returns Ray's Result (raises on a failed run)."""
+    """Run train_worker on every rank; returns Ray's Result (raises on a failed run).
+
+    The setup travels as an object reference: Ray Train also hands train_loop_config to its
+    controller, which would otherwise unpickle it, importing the training loop's modules
+    (about 2 s of a start-up's critical path) for a value it never reads."""
+    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from finetune_trainer import cluster
     from finetune_trainer.loop import train_worker
 
+    unused = UNUSED_CALLBACKS if cluster.in_cluster() else UNUSED_LOCAL_CALLBACKS
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            # A private hook of Ray Train: should it go, the helpers simply start again.
+            callbacks: list[Any] = super()._create_default_callbacks()  # type: ignore[misc]
+            return [c for c in callbacks if type(c).__name__ not in unused]
+
     spec = setup.spec
-    trainer = TorchTrainer(
+    trainer = Trainer(
         train_worker,
-        train_loop_config={"setup": setup},
+        train_loop_config={"setup": ray.put(setup)},
         scaling_config=ScalingConfig(
             num_workers=layout.num_workers,
             use_gpu=layout.use_gpu,

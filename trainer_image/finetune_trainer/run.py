@@ -1,8 +1,9 @@
 """`finetune run JOB.yaml`: the whole job on Ray: plan → data → train → publish.
 
 `_run` reads like a table of contents; each step is one function below it, and the work
-itself lives in its own module. Locally it starts a small Ray instance once the input is
-known good, before the data stage (which runs on Ray Data); inside a RayJob (RAY_ADDRESS
+itself lives in its own module. Locally a small Ray instance starts in the background once
+the job is planned, while the data is prepared (a refused run prints only its own error),
+and ends once training does, while the outputs are written; inside a RayJob (RAY_ADDRESS
 set) it joins that cluster first, because the cluster's resources decide the worker layout.
 """
 
@@ -97,12 +98,18 @@ def run_command(
     except UserError as error:  # anything else is a bug and keeps its traceback
         print(f"finetune run: {job_path}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        # A run refused while the local instance was starting: its error is out first, and
+        # nothing of Ray's follows it or stays up.
+        cluster.stop_local()
 
 
 def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: bool) -> int:
     from finetune_trainer.progress import ProgressView, summary_table
 
     plan = plan_run(job_path, output=output, workers=workers, fresh=fresh)
+    if plan.local:
+        cluster.start_local()  # seconds of process start-ups, beside the data stage
     data = prepare_data(plan)
     claim_checkpoints(plan, data)
     view, board = ProgressView(), ProgressBoard()
@@ -110,6 +117,7 @@ def _run(job_path: Path, *, output: Path | None, workers: int | None, fresh: boo
         return _sweep(plan, data, view, board)
     with serving(board):  # /progress for the operator, when it asks for one
         state = train(plan, data, view, board)
+        cluster.stop_local(wait=False)  # the outputs need no Ray: it ends while they are written
         if state is None:
             return EXIT_FAILED
         if state.final_metrics is None:

@@ -107,7 +107,8 @@ def test_fresh_moves_the_old_checkpoints_aside_and_records_the_new_lineage(stora
 
 
 def test_a_changed_rerun_refuses_before_writing_anything(job_dir, capsys, monkeypatch):
-    """The old run's files stay as they were; no Ray starts (the check comes before it)."""
+    """The old run's files stay as they were, and nothing of Ray's is printed (the local
+    instance starting beside the data stage is stopped unseen)."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = job_dir / "out"
     run = out / "checkpoints" / "tiny"

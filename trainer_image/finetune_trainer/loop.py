@@ -25,7 +25,7 @@ import torch.distributed as dist
 from finetune_operator import api
 
 from finetune_trainer import artifacts, checkpoints, dpo, evaluate, retention
-from finetune_trainer.batches import forward_sums, micro_batches_for_step
+from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
     BatchPlan,
@@ -37,18 +37,10 @@ from finetune_trainer.model import count_parameters, load_tokenizer, resolve_mod
 from finetune_trainer.precision import bf16_native, resolve_precision
 from finetune_trainer.prefetch import HostBatches, ahead, collate_step
 from finetune_trainer.reporter import BackgroundReporter, PendingRow
-from finetune_trainer.reports import mfu
-from finetune_trainer.schedule import EarlyStopping
+from finetune_trainer.reports import device_row
+from finetune_trainer.schedule import EarlyStopping, early_stopping_for
+from finetune_trainer.train_step import optimizer_step
 
-# Peak dense bf16 tensor FLOP/s per device, for the MFU estimate (unknown devices get none).
-PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-}
 PRECISION_OF = {dtype: name for name, dtype in DTYPES.items()}
 # A rank's data from the driver: its training rows (shards.RankRows), and the validation
 # and test rows and generation samples whole.
@@ -194,7 +186,9 @@ class Worker:
             batch=plan_batch(hp.batch_size, world, hp.micro_batch_size),
             trainable_params=trainable, total_params=total,
         )  # fmt: skip
-        worker.early = _early_stopping(spec, worker.state)
+        worker.early = early_stopping_for(
+            spec.evaluation.early_stopping, worker.state.early_stopping
+        )
         worker.preference = dpo.objective_for(spec, model_dir, device, DTYPES[precision])
         return worker
 
@@ -206,7 +200,9 @@ class Worker:
         """Continue from a checkpoint's trainer state (the engine has loaded its own)."""
         if restored is not None:
             self.state, self.saved_step = restored, restored.step
-            self.early = _early_stopping(self.spec, restored)
+            self.early = early_stopping_for(
+                self.spec.evaluation.early_stopping, restored.early_stopping
+            )
 
     def evaluate(self, split: str = "validation") -> dict[str, float]:
         """Loss, perplexity and accuracy on one split, over all ranks; {} when it is empty."""
@@ -259,7 +255,7 @@ class Worker:
         learning_rate = self.engine.get_lr()[0]  # the rate this step uses (read before it moves)
         extra: dict[str, torch.Tensor] = {}
         if self.preference is None:
-            loss, tokens, loss_tokens = _optimizer_step(self.engine, host, self.device)
+            loss, tokens, loss_tokens = optimizer_step(self.engine, host, self.device)
         else:
             loss, extra, tokens, loss_tokens = self.preference.step(self.engine, host, self.device)
             self.last_preference_stats = [*self.last_preference_stats, extra][-10:]
@@ -296,7 +292,7 @@ class Worker:
 
     def finish_row(self, values: dict[str, Any]) -> dict[str, Any]:
         """What a step's row gains once its tokens/s are known: MFU and memory on GPUs."""
-        return values | _gpu_row(
+        return values | device_row(
             values["tokens_per_second"], self.trainable_params, self.total_params, self.world
         )
 
@@ -506,62 +502,10 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _optimizer_step(
-    engine: Any, host: HostBatches, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step over this rank's micro batches; returns, as device tensors, the
-    global mean token loss and the global non-padding and loss token counts.
-
-    Each micro batch's summed loss is divided by the loss tokens of the whole global batch
-    (all micro batches, all ranks), so the step's gradient is that of the true mean token
-    loss however unevenly the loss tokens fall. DeepSpeed divides by accumulation steps and
-    averages over ranks, which the factor `scale` undoes. Nothing here reads a value back
-    from the device: the counts were taken on the host, and the scale stays a tensor.
-    """
-    batches = host.to(device)
-    counts = torch.tensor([host.loss_tokens, host.tokens], dtype=torch.float64).to(device)
-    dist.all_reduce(counts)
-    world = dist.get_world_size()
-    scale = len(batches) * world / counts[0].clamp(min=1.0)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in batches:
-        summed = forward_sums(engine, batch)[0]
-        engine.backward(summed * scale.to(summed.dtype))
-        engine.step()
-        loss_sum += summed.detach().double()
-    dist.all_reduce(loss_sum)
-    return loss_sum / counts[0].clamp(min=1.0), counts[1], counts[0]
-
-
 def _prefixed(prefix: str, result: dict[str, float]) -> dict[str, float]:
     """An evaluation's numbers as history and metrics name them (eval_loss, test_perplexity,
     eval_reward_accuracy for dpo); token accuracy is reported only when asked for."""
     return {f"{prefix}_{name}": value for name, value in result.items() if name != "accuracy"}
-
-
-def _early_stopping(
-    spec: api.FineTuneJobSpec, state: checkpoints.TrainerState
-) -> EarlyStopping | None:
-    policy = spec.evaluation.early_stopping
-    if policy is None:
-        return None
-    if state.early_stopping:
-        return EarlyStopping.from_state(state.early_stopping)
-    return EarlyStopping(patience=policy.patience, min_delta=policy.min_delta)
-
-
-def _gpu_row(tokens_per_second: float, trainable: int, total: int, world: int) -> dict[str, float]:
-    """Peak memory and MFU (reports.mfu: LoRA-aware) over the peak dense bf16 FLOP/s of
-    every device in the run."""
-    if not torch.cuda.is_available():
-        return {}
-    row = {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
-    name = torch.cuda.get_device_name()
-    peak = next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-    if peak:
-        row["mfu"] = mfu(tokens_per_second, trainable=trainable, total=total,
-                         peak_flops=peak * world)  # fmt: skip
-    return row
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -30,6 +30,35 @@ def mfu(tokens_per_second: float, *, trainable: int, total: int, peak_flops: flo
     return model_flops_per_token(trainable, total) * tokens_per_second / peak_flops
 
 
+# Peak dense bf16 tensor FLOP/s per device, for the MFU estimate (unknown devices get none).
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
+
+
+def device_row(
+    tokens_per_second: float, trainable: int, total: int, world: int
+) -> dict[str, float]:
+    """On GPUs, a step's peak memory and MFU (LoRA-aware, see mfu) over the peak dense bf16
+    FLOP/s of every device in the run; nothing on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    row = {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    name = torch.cuda.get_device_name()
+    peak = next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    if peak:
+        row["mfu"] = mfu(tokens_per_second, trainable=trainable, total=total,
+                         peak_flops=peak * world)  # fmt: skip
+    return row
+
+
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     finite = {
         k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))

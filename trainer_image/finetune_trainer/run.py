@@ -145,8 +145,8 @@ def plan_run(
 ) -> RunPlan:
     """Parse the job, lay out the workers and refuse what cannot run, before any real work."""
     from finetune_trainer.deepspeed_config import plan_batch
-    from finetune_trainer.precision import bf16_native, resolve_precision
     from finetune_trainer.model import resolve_model_dir
+    from finetune_trainer.precision import bf16_native, resolve_precision
 
     job = load_job_file(job_path)
     spec, base_dir = job.spec, job_path.resolve().parent

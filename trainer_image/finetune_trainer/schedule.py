@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 def total_steps(*, rows: int, batch_size: int, epochs: int, max_steps: int | None) -> int:
@@ -65,3 +66,13 @@ class EarlyStopping:
             best=float(state["best"]),
             bad_evaluations=int(state["bad_evaluations"]),
         )
+
+
+def early_stopping_for(policy: Any, saved: dict[str, float] | None) -> EarlyStopping | None:
+    """The job's early stopping (`spec.evaluation.earlyStopping`, None when off), carried
+    on from a checkpoint's saved state when there is one."""
+    if policy is None:
+        return None
+    if saved:
+        return EarlyStopping.from_state(saved)
+    return EarlyStopping(patience=policy.patience, min_delta=policy.min_delta)

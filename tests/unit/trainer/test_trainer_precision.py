@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_trainer import evaluate, loop
+from finetune_trainer import evaluate
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
@@ -16,6 +16,7 @@ from finetune_trainer.model import load_tokenizer
 from finetune_trainer.precision import bf16_native, resolve_precision
 from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
+from finetune_trainer.train_step import optimizer_step
 
 from tests.factories import MakeJob
 
@@ -56,7 +57,7 @@ def test_the_cpu_probe_agrees_with_the_kernels_cpu_flags():
         if line.startswith("flags")
         for flag in line.split(":", 1)[1].split()
     }
-    assert CPU_BF16 == bool({"amx_tile", "avx512_bf16"} & flags)
+    assert bool({"amx_tile", "avx512_bf16"} & flags) == CPU_BF16
 
 
 @pytest.mark.skipif(not CPU_BF16, reason="needs a CPU with AMX or AVX512-BF16 instructions")
@@ -86,7 +87,7 @@ def test_bf16_on_such_a_cpu_trains_bf16_weights_and_lowers_the_loss(
             steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
         )  # fmt: skip
         host = collate_step(micro, pad, torch.bfloat16, pin=False)
-        losses.append(loop._optimizer_step(engine, host, cpu)[0].item())
+        losses.append(optimizer_step(engine, host, cpu)[0].item())
     after = evaluate.evaluate_loss(engine, rows, micro=4, pad_token_id=pad, device=cpu,
                                    dtype=torch.bfloat16)  # fmt: skip
     assert all(math.isfinite(x) for x in losses)

@@ -16,6 +16,7 @@ from finetune_trainer.engine import build_engine
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
+from finetune_trainer.train_step import optimizer_step
 
 from tests.factories import MakeJob
 
@@ -41,7 +42,7 @@ def train_steps(spec, splits, engine, steps: int, pad: int) -> list[float]:
             steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
         )  # fmt: skip
         host = collate_step(micro, pad, torch.float32, pin=False)
-        loss, tokens, loss_tokens = loop._optimizer_step(engine, host, torch.device("cpu"))
+        loss, tokens, loss_tokens = optimizer_step(engine, host, torch.device("cpu"))
         assert tokens.item() > loss_tokens.item() > 0
         losses.append(loss.item())
     return losses

@@ -13,25 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.factories import MakeJob, write_job
+from tests.marked_processes import MARK_ENV, marked_commands
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MARK_ENV = "FINETUNE_TEST_RUN_MARK"  # inherited by the raylet, the GCS and every Ray worker
-
 
 def processes_marked(mark: str) -> list[int]:
-    """PIDs of live processes whose environment carries `mark` (zombies have none left)."""
-    found = []
-    needle = f"{MARK_ENV}={mark}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
+    """PIDs of the live processes the run with `mark` started."""
+    return list(marked_commands(mark))
 
 
 def describe(pids: list[int]) -> list[str]:

@@ -14,27 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.factories import MakeJob, write_job
+from tests.marked_processes import MARK_ENV, marked_commands
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MARK_ENV = "FINETUNE_TEST_RUN_MARK"  # inherited by every process the run starts
 RAY_LINES = ("Started a local Ray instance", "Token authentication", "SIGTERM handler")
-
-
-def marked_commands(mark: str) -> dict[int, str]:
-    """The command lines of the live processes whose environment carries `mark`."""
-    found = {}
-    needle = f"{MARK_ENV}={mark}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                found[int(entry.name)] = command.decode(errors="replace")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
 
 
 class Watched:

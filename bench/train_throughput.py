@@ -23,10 +23,14 @@ per precision.
 
 The epoch must be long against the start-up's noise (a few seconds on a busy machine):
 the quickstart's records (about 23 tokens each) are repeated to --records, and packed rows
-of 128 tokens make about 40 steps of 8 rows per 1,000 records.
+of 128 tokens make about 40 steps of 8 rows per 1,000 records. Their lengths hardly vary,
+so padding to the longest of a batch wastes little (23 % of HF's slots) and packing has
+little to win; `--data mixed` trains instead on synthetic chats of one to three exchanges
+(bench/data_stage.py's, about 30 to 600 tokens), a spread like real instruction data's
+(use it with `--max-seq-length 512`).
 
     python bench/train_throughput.py [--repeats 3] [--records 3000] [--max-seq-length 128]
-                                     [--precision fp32 bf16]
+                                     [--precision fp32 bf16] [--data quickstart|mixed]
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main() -> int:
     parser.add_argument("--hidden-size", type=int, default=768)
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"),
                         default=["fp32", "bf16"])  # fmt: skip
+    parser.add_argument("--data", choices=("quickstart", "mixed"), default="quickstart")
     parser.add_argument("--baseline-run", type=Path, help=argparse.SUPPRESS)  # a child run
     args = parser.parse_args()
     if args.baseline_run:
@@ -67,9 +72,8 @@ def main() -> int:
 def compare(work: Path, args: argparse.Namespace) -> int:
     from finetune_trainer.tiny_model import write_tiny_model
 
-    lines = RECORDS.read_text(encoding="utf-8").splitlines()
     data = work / "train.jsonl"
-    data.write_text("\n".join(itertools.islice(itertools.cycle(lines), args.records)) + "\n")
+    data.write_text("\n".join(record_lines(args.data, args.records)) + "\n")
     write_tiny_model(work / "model", [data], hidden_size=args.hidden_size)
     print(f"load before: {load_average()}", flush=True)
     from finetune_trainer.precision import bf16_native
@@ -115,6 +119,16 @@ def compare_in(work: Path, args: argparse.Namespace, precision: str) -> None:
         f"start-up {spread(startup_ratios)} (goal <= 2)",
         flush=True,
     )
+
+
+def record_lines(kind: str, count: int) -> list[str]:
+    """`count` JSONL lines: the quickstart's records repeated, or synthetic mixed chats."""
+    if kind == "mixed":
+        from data_stage import synthetic_records  # bench/ is this script's import path
+
+        return [json.dumps(record) for record in synthetic_records(count)]
+    lines = RECORDS.read_text(encoding="utf-8").splitlines()
+    return list(itertools.islice(itertools.cycle(lines), count))
 
 
 def steady(one: dict[str, float], epoch: dict[str, float]) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,10 @@ class TrainerState:
     # The base model's loss on each retention set, measured before the first step when
     # training changes the base itself (full fine-tuning): kept for a resumed run.
     retention_before: dict[str, dict[str, float]] | None = None
+    # The history rows sent since the previous checkpoint, up to this one (rank 0's): a
+    # driver killed after this checkpoint was saved but before it wrote them down gets them
+    # back from the attempt that resumes here (history.HistoryLog).
+    recent_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)

@@ -25,3 +25,28 @@ def append_history(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+class HistoryLog:
+    """history.jsonl as a run's driver writes it from the tracker's rows: cut back when an
+    attempt resumes, and given only rows past its last step. A resumed attempt sends again
+    the rows its checkpoint carries (checkpoints.TrainerState.recent_rows), for a driver
+    killed after the checkpoint was saved but before it wrote them; rows already here are
+    not written twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last_step = -1
+
+    def resumed(self, at_step: int) -> None:
+        """An attempt starts at `at_step`: the rows past it are trained again."""
+        truncate_history(self.path, at_step)
+        self.last_step = max((row["step"] for row in read_history(self.path)), default=-1)
+
+    def append(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write the rows past the last step; returns them (what is new to show)."""
+        new = [row for row in rows if row["step"] > self.last_step]
+        append_history(self.path, new)
+        if new:
+            self.last_step = new[-1]["step"]
+        return new

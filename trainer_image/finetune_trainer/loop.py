@@ -144,6 +144,8 @@ class Worker:
             worker.adopted_step = restored.step
         if rank == 0:
             ray.get(config.tracker.started.remote(worker.state.step))
+            # The driver may have died before writing the checkpoint's last rows down.
+            ray.get(config.tracker.recovered.remote(worker.state.recent_rows))
             worker.reporter = BackgroundReporter(
                 send=lambda row: bool(ray.get(config.tracker.record.remote(row))),
                 finish=worker.finish_row,
@@ -352,11 +354,11 @@ class Worker:
         if self.early is not None:  # Ray Train keeps the best `keep` by this (and the newest)
             scores = self.evaluations.get(("validation", self.state.step)) or {}
             metrics[checkpoints.SCORE] = scores.get("loss", checkpoints.UNSCORED)
+        if self.reporter is not None:  # rank 0: the rows travel in the checkpoint too
+            self.state.recent_rows = self.reporter.take_sent()
         checkpoints.save_and_report(self.engine, self.state, metrics, attempt=self.attempt)
         self.saved_step, self.saves = self.state.step, self.saves + 1
         if self.rank == 0:
-            if self.reporter is not None:
-                self.reporter.flush()  # the driver gets the step's row before its checkpoint
             self.config.tracker.checkpointed.remote(self.state.step)
             if self.adopted_step is not None and self.saves >= self.spec.checkpointing.keep:
                 checkpoints.run_storage().remove(self.adopted_step)

@@ -56,6 +56,7 @@ class BackgroundReporter:
         self.stop_requested = threading.Event()
         self.error: BaseException | None = None
         self.previous_ready = 0.0
+        self.sent: list[dict[str, Any]] = []  # rows sent since take_sent() last ran
         self.thread = threading.Thread(target=self._run, name="finetune-reporter", daemon=True)
         self.thread.start()
 
@@ -67,6 +68,12 @@ class BackgroundReporter:
         """Wait until every submitted row has been sent (before checkpoints and the end)."""
         self.rows.join()
         self._reraise()
+
+    def take_sent(self) -> list[dict[str, Any]]:
+        """Every row sent since the last call (after waiting for the submitted ones)."""
+        self.flush()
+        sent, self.sent = self.sent, []
+        return sent
 
     def close(self) -> None:
         self.rows.put(None)
@@ -93,7 +100,9 @@ class BackgroundReporter:
             elapsed = max(ready - max(row.started, self.previous_ready), 1e-9)
             self.previous_ready = ready
             values = self.finish(values | row.rates(elapsed))
-        if self.send(values):
+        stop = self.send(values)
+        self.sent.append(values)
+        if stop:
             self.stop_requested.set()
 
     def _reraise(self) -> None:

@@ -23,7 +23,7 @@ from finetune_operator.errors import EXIT_BAD_INPUT, UserError
 from finetune_operator.validation import InvalidSpec, load_job_file
 
 from finetune_trainer import cluster, layout, lineage, ray_train, retention, tracker
-from finetune_trainer.history import HISTORY, append_history, read_history, truncate_history
+from finetune_trainer.history import HISTORY, HistoryLog, read_history
 from finetune_trainer.model_card import MODEL_CARD, model_card
 from finetune_trainer.overlap import check_output_clear_of_sources
 from finetune_trainer.progress_server import ProgressBoard, final_result, serving
@@ -366,7 +366,7 @@ class _HistoryFollower:
     ) -> None:
         self.tracker, self.plan, self.total_steps = progress_tracker, plan, total_steps
         self.view, self.board = view, board
-        self.history_path = plan.out.local_dir / HISTORY
+        self.history = HistoryLog(plan.out.local_dir / HISTORY)
         self.started_view = False
         self.attempts_seen = 0
 
@@ -378,12 +378,11 @@ class _HistoryFollower:
             self.attempts_seen = state.attempts
             # Steps after the checkpoint an attempt resumes from are trained again; from step
             # 0 (a first or --fresh run) that includes the baseline evaluation at step 0.
-            truncate_history(self.history_path, state.resumed_at or -1)
+            self.history.resumed(state.resumed_at or -1)
         if state.start_step is not None and not self.started_view:
             self.started_view = True
             self.view.start(state.start_step, self.total_steps)
-        append_history(self.history_path, state.rows)
-        for row in state.rows:
+        for row in self.history.append(state.rows):
             self.view.update(row, self.total_steps)
             self.board.update(row, self.total_steps)
         if state.last_checkpoint is not None:

@@ -53,6 +53,11 @@ class ProgressTracker:
             self.stop = True
         return self.stop
 
+    def recovered(self, rows: list[dict[str, Any]]) -> None:
+        """Rows a resumed attempt sends again from its checkpoint (the driver keeps those
+        its history.jsonl lacks)."""
+        self.rows.extend(rows)
+
     def checkpointed(self, step: int) -> None:
         self.last_checkpoint = step
 

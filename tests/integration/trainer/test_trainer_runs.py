@@ -162,6 +162,11 @@ def test_an_interrupted_run_resumes_at_its_checkpoint(local_ray, job_dir, monkey
     assert stopped_at == 2
     assert list((out / "checkpoints").glob("*/checkpoint_step_00000002"))
     assert not (out / "metrics.json").exists()
+    # As if the driver had been killed after the checkpoint was saved but before it wrote
+    # the step's row: the checkpoint carries the row, and the resumed run puts it back.
+    kept = (out / "history.jsonl").read_text().splitlines()[:-1]
+    (out / "history.jsonl").write_text("".join(line + "\n" for line in kept))
+    assert max(r["step"] for r in history(out)) == 1
 
     monkeypatch.delenv(STOP_AT_STEP_ENV)
     assert run_command(job, output=None, workers=None) == 0

@@ -26,6 +26,20 @@ def test_history_appends_and_a_resume_drops_steps_after_the_checkpoint(tmp_path)
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+def test_a_resumed_attempt_restores_the_rows_a_killed_driver_never_wrote(tmp_path):
+    log = history.HistoryLog(tmp_path / history.HISTORY)
+    log.resumed(-1)
+    assert [r["step"] for r in log.append(rows(range(0, 3)))] == [0, 1, 2]
+    # The driver died after the checkpoint at step 4 was saved, before rows 3 and 4 were
+    # written; the next run resumes at 4 and its checkpoint's rows (2, 3, 4) come again.
+    again = history.HistoryLog(log.path)
+    again.resumed(4)
+    assert [r["step"] for r in again.append(rows(range(2, 5)))] == [3, 4]
+    again.append(rows(range(5, 7)))
+    steps = [row["step"] for row in history.read_history(log.path)]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]
+
+
 def test_truncating_a_missing_history_starts_an_empty_one(tmp_path):
     path = tmp_path / history.HISTORY
     history.truncate_history(path, after_step=0)

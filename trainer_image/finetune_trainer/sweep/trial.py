@@ -18,7 +18,7 @@ from typing import Any
 from finetune_operator import api
 
 from finetune_trainer import layout, ray_train, tracker
-from finetune_trainer.history import HISTORY, append_history, truncate_history
+from finetune_trainer.history import HISTORY, HistoryLog
 from finetune_trainer.sweep.space import apply_trial
 
 TRIALS_DIR = "trials"  # the output's folder of per-trial outputs (history, adapter)
@@ -109,7 +109,7 @@ class _TrialFollower:
     def __init__(
         self, progress: Any, history: Path, sweep: api.SweepSpec | None, total_steps: int
     ) -> None:
-        self.tracker, self.history, self.metric = progress, history, _metric_name(sweep)
+        self.tracker, self.log, self.metric = progress, HistoryLog(history), _metric_name(sweep)
         self.total_steps = total_steps
         self.attempts_seen = 0
         self.last_metric: float | None = None
@@ -121,9 +121,8 @@ class _TrialFollower:
         state: tracker.TrackerState = ray.get(self.tracker.poll.remote())
         if state.resumed_at is not None and state.attempts > self.attempts_seen:
             self.attempts_seen = state.attempts
-            truncate_history(self.history, state.resumed_at or -1)
-        append_history(self.history, state.rows)
-        for row in state.rows:
+            self.log.resumed(state.resumed_at or -1)
+        for row in self.log.append(state.rows):
             # Step 0 is the base model every trial shares; the last step's result goes in
             # the final report, once the weights are saved (a scheduler may stop a trial
             # at any report, and a finished trial must not be taken for a stopped one).

@@ -131,12 +131,7 @@ def restore_latest(engine: Any, *, rank: int) -> tuple[TrainerState | None, bool
     if checkpoint is None:
         return None, False
     with checkpoint.as_directory() as folder:
-        engine.load_checkpoint(
-            str(Path(folder) / ENGINE_DIR),
-            tag=ENGINE_TAG,
-            load_optimizer_states=True,
-            load_lr_scheduler_states=True,
-        )
+        load_engine(engine, Path(folder), weights_only=False)
         return TrainerState.from_json((Path(folder) / STATE_FILE).read_text()), unrecorded
 
 
@@ -148,10 +143,16 @@ def load_weights(engine: Any, step: int) -> None:
     run = run_storage()
     checkpoint = ray.train.Checkpoint(path=run.folder(checkpoint_dir_name(step)), filesystem=run.fs)
     with checkpoint.as_directory() as folder:
-        engine.load_checkpoint(
-            str(Path(folder) / ENGINE_DIR),
-            tag=ENGINE_TAG,
-            load_module_only=True,
-            load_optimizer_states=False,
-            load_lr_scheduler_states=False,
-        )
+        load_engine(engine, Path(folder), weights_only=True)
+
+
+def load_engine(engine: Any, folder: Path, *, weights_only: bool) -> None:
+    """What `engine` saved into a checkpoint folder: everything a resume needs (weights,
+    optimizer and scheduler state), or with `weights_only` the weights alone."""
+    engine.load_checkpoint(
+        str(folder / ENGINE_DIR),
+        tag=ENGINE_TAG,
+        load_module_only=weights_only,
+        load_optimizer_states=not weights_only,
+        load_lr_scheduler_states=not weights_only,
+    )

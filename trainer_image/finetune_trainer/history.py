@@ -15,10 +15,12 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def truncate_history(path: Path, after_step: int) -> None:
-    """Drop rows past the checkpoint a run resumes from: those steps are trained again."""
+def truncate_history(path: Path, after_step: int) -> int:
+    """Drop rows past the checkpoint a run resumes from: those steps are trained again.
+    Returns the last step kept (-1 for none)."""
     kept = [row for row in read_history(path) if row["step"] <= after_step]
     path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+    return max((row["step"] for row in kept), default=-1)
 
 
 def append_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -40,8 +42,7 @@ class HistoryLog:
 
     def resumed(self, at_step: int) -> None:
         """An attempt starts at `at_step`: the rows past it are trained again."""
-        truncate_history(self.path, at_step)
-        self.last_step = max((row["step"] for row in read_history(self.path)), default=-1)
+        self.last_step = truncate_history(self.path, at_step)
 
     def append(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Write the rows past the last step; returns them (what is new to show)."""

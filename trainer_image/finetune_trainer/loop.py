@@ -144,8 +144,8 @@ class Worker:
             worker.adopted_step = restored.step
         if rank == 0:
             ray.get(config.tracker.started.remote(worker.state.step))
-            # The driver may have died before writing the checkpoint's last rows down.
-            ray.get(config.tracker.recovered.remote(worker.state.recent_rows))
+            if worker.state.recent_rows:  # the driver may have died before writing them
+                ray.get(config.tracker.recovered.remote(worker.state.recent_rows))
             worker.reporter = BackgroundReporter(
                 send=lambda row: bool(ray.get(config.tracker.record.remote(row))),
                 finish=worker.finish_row,

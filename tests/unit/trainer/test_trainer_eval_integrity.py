@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from finetune_trainer import checkpoints, evaluate, loop
+from finetune_trainer import checkpoints, evaluate
 from finetune_trainer.data import prepare_records
 from finetune_trainer.rows import tokenize_splits
 
 from tests.factories import MakeJob
 from tests.forgetting import forgetting_workspace
+from tests.in_process import worker_without_ray
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +40,12 @@ def test_test_split_is_evaluated_once_on_the_best_validation_step(
         .typed_spec()
     )  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=forgetting), spec, forgetting / "model")
-    setup = loop.WorkerSetup(
-        spec=spec, base_dir=forgetting, total_steps=4, steps_per_epoch=splits.steps_per_epoch,
-        data=None, tracker=None, output_dir=tmp_path / "out",
-    )  # fmt: skip
-    worker = loop.Worker.build(setup, splits.rows, rank=0, world=1, device=torch.device("cpu"))
+    worker = worker_without_ray(spec, splits.rows, base_dir=forgetting, total_steps=4,
+                                steps_per_epoch=splits.steps_per_epoch,
+                                output_dir=tmp_path / "out")  # fmt: skip
 
     def load_weights(engine, step):
-        engine.load_checkpoint(str(tmp_path / str(step)), tag=checkpoints.ENGINE_TAG,
-                               load_module_only=True, load_optimizer_states=False,
-                               load_lr_scheduler_states=False)  # fmt: skip
+        checkpoints.load_engine(engine, tmp_path / str(step), weights_only=True)
 
     monkeypatch.setattr(checkpoints, "load_weights", load_weights)
     saved, evals = [], {}
@@ -56,8 +53,8 @@ def test_test_split_is_evaluated_once_on_the_best_validation_step(
         row = worker.train_step().read() | worker.evaluate_if_due()
         evals[row["step"]] = row["eval_loss"]
         if worker.checkpoint_due(stop=False):
-            worker.engine.save_checkpoint(str(tmp_path / str(row["step"])),
-                                          tag=checkpoints.ENGINE_TAG)  # fmt: skip
+            folder = tmp_path / str(row["step"]) / checkpoints.ENGINE_DIR
+            worker.engine.save_checkpoint(str(folder), tag=checkpoints.ENGINE_TAG)
             saved.append(row["step"])
     worker.close()
     best = min(evals, key=evals.__getitem__)

@@ -8,17 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_trainer import evaluate
-from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.engine import build_engine
 from finetune_trainer.model import load_tokenizer
 from finetune_trainer.precision import bf16_native, resolve_precision
-from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
-from finetune_trainer.train_step import optimizer_step
 
 from tests.factories import MakeJob
+from tests.in_process import train_steps
 
 CPU_BF16 = bf16_native(cuda=False)
 
@@ -80,14 +78,7 @@ def test_bf16_on_such_a_cpu_trains_bf16_weights_and_lowers_the_loss(
     cpu = torch.device("cpu")
     before = evaluate.evaluate_loss(engine, rows, micro=4, pad_token_id=pad, device=cpu,
                                     dtype=torch.bfloat16)  # fmt: skip
-    losses = []
-    for step in range(3):
-        micro = micro_batches_for_step(
-            splits.rows["train"], step, seed=spec.hyperparameters.seed,
-            steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
-        )  # fmt: skip
-        host = collate_step(micro, pad, torch.bfloat16, pin=False)
-        losses.append(optimizer_step(engine, host, cpu)[0].item())
+    losses = train_steps(spec, splits, engine, 3, pad, dtype=torch.bfloat16)
     after = evaluate.evaluate_loss(engine, rows, micro=4, pad_token_id=pad, device=cpu,
                                    dtype=torch.bfloat16)  # fmt: skip
     assert all(math.isfinite(x) for x in losses)

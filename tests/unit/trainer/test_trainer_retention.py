@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_operator import api
-from finetune_trainer import loop, retention
+from finetune_trainer import retention
 from finetune_trainer.data import prepare_records
 from finetune_trainer.errors import DataError
 from finetune_trainer.model_card import model_card
 from finetune_trainer.rows import tokenize_splits
 
 from tests.factories import MakeJob
+from tests.in_process import worker_without_ray
 from tests.records import arithmetic_records
 
 BEFORE = {"general": {"loss": 0.70, "perplexity": 2.01}, "code": {"loss": 1.50, "perplexity": 4.5}}
@@ -145,11 +146,9 @@ def test_a_lora_workers_base_is_the_model_with_its_adapter_disabled(
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
     kept, _ = retention.prepare(spec, base_dir=workspace, model_dir=workspace / "model")
     data = splits.rows | {"retention": {"general": kept["general"][:8]}}
-    setup = loop.WorkerSetup(
-        spec=spec, base_dir=workspace, total_steps=3, steps_per_epoch=splits.steps_per_epoch,
-        data=None, tracker=None, output_dir=workspace / "out",
-    )  # fmt: skip
-    worker = loop.Worker.build(setup, data, rank=0, world=1, device=torch.device("cpu"))
+    worker = worker_without_ray(spec, data, base_dir=workspace, total_steps=3,
+                                steps_per_epoch=splits.steps_per_epoch,
+                                output_dir=workspace / "out")  # fmt: skip
     worker.measure_retention_before()
     assert worker.state.retention_before is None  # an adapter's base is measured at the end
     untrained = worker._evaluate_rows(data["retention"])["general"]["loss"]

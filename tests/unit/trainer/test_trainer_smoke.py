@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_trainer import evaluate, loop
-from finetune_trainer.batches import micro_batches_for_step
+from finetune_trainer import evaluate
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.engine import build_engine
 from finetune_trainer.model import load_tokenizer
-from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
-from finetune_trainer.train_step import optimizer_step
 
 from tests.factories import MakeJob
+from tests.in_process import train_steps, worker_without_ray
 
 
 def engine_for(workspace: Path, method: str, total_steps: int):
@@ -32,20 +30,6 @@ def engine_for(workspace: Path, method: str, total_steps: int):
     config = build_deepspeed_config(spec, world_size=1, precision="fp32")
     engine, _ = build_engine(spec, total_steps, workspace / "model", config, "fp32")
     return spec, splits, engine
-
-
-def train_steps(spec, splits, engine, steps: int, pad: int) -> list[float]:
-    losses = []
-    for step in range(steps):
-        micro = micro_batches_for_step(
-            splits.rows["train"], step, seed=spec.hyperparameters.seed,
-            steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
-        )  # fmt: skip
-        host = collate_step(micro, pad, torch.float32, pin=False)
-        loss, tokens, loss_tokens = optimizer_step(engine, host, torch.device("cpu"))
-        assert tokens.item() > loss_tokens.item() > 0
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -112,11 +96,9 @@ def test_a_worker_built_without_ray_steps_evaluates_and_sums_up(
         .typed_spec()
     )
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
-    setup = loop.WorkerSetup(
-        spec=spec, base_dir=workspace, total_steps=2, steps_per_epoch=splits.steps_per_epoch,
-        data=None, tracker=None, output_dir=workspace / "out",
-    )  # fmt: skip
-    worker = loop.Worker.build(setup, splits.rows, rank=0, world=1, device=torch.device("cpu"))
+    worker = worker_without_ray(spec, splits.rows, base_dir=workspace, total_steps=2,
+                                steps_per_epoch=splits.steps_per_epoch,
+                                output_dir=workspace / "out")  # fmt: skip
     assert (worker.batch.micro_batch_size, worker.batch.accumulation_steps) == (2, 2)
     rows = []
     while worker.steps_left():
@@ -147,12 +129,10 @@ def test_prefetched_steps_see_the_same_batches_and_give_the_same_losses(
         hyperparameters={"batchSize": 4, "microBatchSize": 2, "maxSteps": 3, "learningRate": 3e-3},
     ).typed_spec()  # fmt: skip
     splits = tokenize_splits(prepare_records(spec, base_dir=workspace), spec, workspace / "model")
-    setup = loop.WorkerSetup(
-        spec=spec, base_dir=workspace, total_steps=3, steps_per_epoch=splits.steps_per_epoch,
-        data=None, tracker=None, output_dir=workspace / "out",
-    )  # fmt: skip
     torch.manual_seed(7)
-    worker = loop.Worker.build(setup, splits.rows, rank=0, world=1, device=torch.device("cpu"))
+    worker = worker_without_ray(spec, splits.rows, base_dir=workspace, total_steps=3,
+                                steps_per_epoch=splits.steps_per_epoch,
+                                output_dir=workspace / "out")  # fmt: skip
     prefetched = [worker.train_step().read()["loss"] for _ in range(3)]
     worker.close()
     torch.manual_seed(7)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from finetune_operator import api
 
-from finetune_trainer import artifacts, checkpoints, dpo, evaluate, retention
+from finetune_trainer import artifacts, checkpoints, dpo, evaluate, retention, tracker
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
@@ -59,6 +59,10 @@ class WorkerSetup:
     tracker: Any  # ProgressTracker actor handle
     output_dir: Path  # where rank 0 writes adapter/ and model/ (local, or staging for s3)
     stop_at_step: int | None = None  # test hook: stop as if Ctrl-C came during this step
+    # A sweep's trial under a scheduler: the metric it ranks by. Rank 0 then waits at each
+    # evaluation for the scheduler's answer, so a trial stopped at a rung never trains past
+    # it (an answer that arrived a few steps late let a quick trial run to the end).
+    decision_metric: str | None = None
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -329,8 +333,20 @@ class Worker:
         hook = self.config.stop_at_step
         if hook is not None and self.state.step >= hook:
             return True  # every rank knows the hook: no need to agree on it
-        asked = self.reporter is not None and self.reporter.stop_requested.is_set()
+        asked = self.reporter is not None and (
+            self._await_decision(row) or self.reporter.stop_requested.is_set()
+        )
         return self._agree(asked)
+
+    def _await_decision(self, row: PendingRow) -> bool:
+        """Rank 0 of a sweep's trial: True when its scheduler stops the trial at this row."""
+        step, metric = self.state.step, self.config.decision_metric
+        if self.reporter is None or not tracker.awaits_decision(
+            step, row.values, metric, self.config.total_steps
+        ):
+            return False
+        self.reporter.flush()  # the trial's driver must see the row to report it
+        return tracker.await_decision(self.config.tracker, step)
 
     def _agree(self, flag: bool) -> bool:
         """Rank 0's flag on every rank (a host-side broadcast, no device sync)."""

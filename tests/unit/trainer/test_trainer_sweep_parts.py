@@ -1,10 +1,12 @@
 """The sweep's pure parts: a trial's values in the spec, the search space in Tune's terms,
-and the tally status and sweep.json are built from."""
+the tally status and sweep.json are built from, and the tracker's answer to a trial's rank 0
+waiting at an evaluation."""
 
 from __future__ import annotations
 
 import pytest
 from finetune_operator import api
+from finetune_trainer.tracker import ProgressTracker, awaits_decision
 from finetune_trainer.sweep.space import apply_trial, tune_space
 from finetune_trainer.sweep.tally import TrialRecord, best_trial, state_of, tally
 from finetune_trainer.sweep.trial import STOPPED_MARK, TRIAL_METRICS
@@ -103,3 +105,23 @@ def test_the_sweep_reaches_the_job_s_status_through_the_progress_contract():
     assert (wire["done"], wire["stopped"], wire["running"]) == (2, 1, 1)
     assert wire["best"] == {"id": "c", "metric": 2.0, "hyperparameters": {"lora.r": 8}}
     assert wire["display"] == "3/5 (1 stopped)"
+
+
+def test_a_trial_waits_only_at_evaluations_its_scheduler_ranks():
+    evaluation = {"loss": 5.0, "eval_loss": 4.0}
+    assert awaits_decision(2, evaluation, "eval_loss", total_steps=8)
+    assert not awaits_decision(2, {"loss": 5.0}, "eval_loss", total_steps=8)  # no evaluation
+    assert not awaits_decision(0, evaluation, "eval_loss", total_steps=8)  # the base model
+    assert not awaits_decision(8, evaluation, "eval_loss", total_steps=8)  # the final report
+    assert not awaits_decision(2, evaluation, None, total_steps=8)  # no scheduler
+
+
+def test_the_tracker_answers_a_waiting_rank_once_the_scheduler_has():
+    progress = ProgressTracker()
+    assert progress.decision(2) is None  # not answered yet: rank 0 keeps waiting
+    progress.decided(2)
+    assert progress.decision(2) is False
+    assert progress.decision(4) is None
+    progress.request_stop()  # the scheduler stops the trial at its next rung
+    progress.decided(4)
+    assert progress.decision(4) is True

@@ -88,8 +88,10 @@ class StoppingRecorder(ASHAScheduler):
         import ray
 
         try:
-            ray.get_actor(tracker_name(self.run_name, trial.trial_id)).request_stop.remote()
-        except ValueError:  # the trial has ended meanwhile: nothing is left to stop
+            progress = ray.get_actor(tracker_name(self.run_name, trial.trial_id))
+            # Waited for: the trial's rank 0 reads it before the answer that lets it go on.
+            ray.get(progress.request_stop.remote())
+        except (ValueError, ray.exceptions.RayActorError):  # the trial has ended meanwhile
             return decision
         return self.CONTINUE  # the trial returns by itself once its workers have left
 

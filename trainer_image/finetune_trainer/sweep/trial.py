@@ -2,10 +2,12 @@
 
 This is Ray 2.60's shape for Train V2 inside Tune: the trial function is the Train run's
 driver. The trial follows its run's ProgressTracker (as `finetune run` does) and hands Tune
-each validation result, so ASHA can stop a trial between evaluations; the workers report
-to Ray Train only at checkpoints, and an extra collective report per evaluation would buy
-nothing the tracker does not already carry. When ASHA stops a trial, Tune ends this actor,
-and the Train run it owns (controller, workers, placement group) ends with it.
+each validation result; the workers report to Ray Train only at checkpoints, and an extra
+collective report per evaluation would buy nothing the tracker does not already carry.
+
+Under a scheduler, the trial's rank 0 waits at each evaluation until the scheduler has
+answered it (tune.report returns only then). A stop reaches the workers through the
+tracker, so they leave at the rung that stopped them, and this function returns.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ TRIALS_DIR = "trials"  # the output's folder of per-trial outputs (history, adap
 FINISHED = "finished"  # in a trial's last Tune result: it trained to the end
 TRIAL_METRICS = "metrics.json"  # written by a trial that trained to the end
 STOPPED_MARK = "stopped_early"  # written by the scheduler into a trial it stopped
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.1  # a trial's rank 0 waits on this poll at each evaluation (see below)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
         data=shared.data,
         tracker=progress,
         output_dir=out,
+        decision_metric=_metric_name(spec.sweep) if _scheduled(spec.sweep) else None,
     )
     name = f"{shared.run_name}-{trial_id}"
     fitting = _Background(
@@ -126,15 +129,23 @@ class _TrialFollower:
             # Step 0 is the base model every trial shares; the last step's result goes in
             # the final report, once the weights are saved (a scheduler may stop a trial
             # at any report, and a finished trial must not be taken for a stopped one).
-            if self.metric in row and 0 < row["step"] < self.total_steps:
+            if tracker.awaits_decision(row["step"], row, self.metric, self.total_steps):
                 self.last_metric = row[self.metric]
+                # Returns once the scheduler has answered (Tune's function API reports
+                # synchronously); a stop it asked for is in the tracker before this.
                 ray.tune.report({"step": row["step"], self.metric: row[self.metric]})
+                ray.get(self.tracker.decided.remote(row["step"]))
         return state
 
 
 def tracker_name(run_name: str, trial_id: str) -> str:
     """The Ray actor name of a trial's ProgressTracker."""
     return f"finetune-tracker-{run_name}-{trial_id}"
+
+
+def _scheduled(sweep: api.SweepSpec | None) -> bool:
+    """Whether a scheduler may stop trials at their evaluations."""
+    return sweep is not None and sweep.scheduler.type != "none"
 
 
 def _metric_name(sweep: api.SweepSpec | None) -> str:

@@ -89,11 +89,19 @@ def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) ->
 
     unused = UNUSED_CALLBACKS if cluster.in_cluster() else UNUSED_LOCAL_CALLBACKS
 
+    local = not cluster.in_cluster()
+
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self) -> list[Any]:
             # A private hook of Ray Train: should it go, the helpers simply start again.
             callbacks: list[Any] = super()._create_default_callbacks()  # type: ignore[misc]
             return [c for c in callbacks if type(c).__name__ not in unused]
+
+        def _initialize_and_run_controller(self, **controller: Any) -> Any:
+            # Another private hook: should it go, the coordinator simply starts again.
+            if local:
+                controller["scaling_policy"] = fixed_without_autoscaler(self.scaling_config)
+            return super()._initialize_and_run_controller(**controller)  # type: ignore[misc]
 
     spec = setup.spec
     trainer = Trainer(
@@ -115,3 +123,20 @@ def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) ->
         torch_config=TorchConfig(backend="nccl" if layout.use_gpu else "gloo"),
     )
     return trainer.fit()
+
+
+def fixed_without_autoscaler(scaling_config: Any) -> Any:
+    """Ray Train's fixed-size scaling policy, less its requests to the autoscaling
+    coordinator. On a cluster those tell an autoscaler what the workers need; a local
+    instance has none, and the coordinator is one more actor (a process, about 1 s on a
+    start-up's critical path) that outlives the run."""
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    class FixedWithoutAutoscaler(FixedScalingPolicy):  # type: ignore[misc]
+        def after_controller_start(self, train_run_context: Any) -> None:
+            pass
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+    return FixedWithoutAutoscaler(scaling_config=scaling_config)

@@ -92,4 +92,6 @@ def test_a_local_run_starts_no_ray_train_helper_it_has_no_use_for(job_dir):
     assert "PlacementGroupCleaner" not in started
     assert "Failed to query Ray Train Controller" not in output
     assert "ray::DatasetManager" not in started  # no Ray Datasets are handed to the workers
+    # Requests for an autoscaler that a local instance does not have: one more process.
+    assert "AutoscalingCoordinator" not in started
     assert watched.left_behind() == {}

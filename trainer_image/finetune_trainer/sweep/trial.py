@@ -134,7 +134,11 @@ class _TrialFollower:
                 # Returns once the scheduler has answered (Tune's function API reports
                 # synchronously); a stop it asked for is in the tracker before this.
                 ray.tune.report({"step": row["step"], self.metric: row[self.metric]})
-                ray.get(self.tracker.decided.remote(row["step"]))
+        if state.rows:
+            # Rank 0 waits at each evaluation until this: after the answers to the rows
+            # reported above, and at once for rows history already held (a resumed attempt
+            # sends its checkpoint's again), so that no row leaves it waiting for good.
+            ray.get(self.tracker.decided.remote(max(row["step"] for row in state.rows)))
         return state
 
 

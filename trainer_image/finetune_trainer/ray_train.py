@@ -132,7 +132,7 @@ def fixed_without_autoscaler(scaling_config: Any) -> Any:
     start-up's critical path) that outlives the run."""
     from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 
-    class FixedWithoutAutoscaler(FixedScalingPolicy):  # type: ignore[misc]
+    class FixedWithoutAutoscaler(FixedScalingPolicy):
         def after_controller_start(self, train_run_context: Any) -> None:
             pass
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 from finetune_operator import api
-from finetune_trainer.tracker import ProgressTracker, awaits_decision
 from finetune_trainer.sweep.space import apply_trial, tune_space
 from finetune_trainer.sweep.tally import TrialRecord, best_trial, state_of, tally
 from finetune_trainer.sweep.trial import STOPPED_MARK, TRIAL_METRICS
+from finetune_trainer.tracker import ProgressTracker, awaits_decision
 
 from tests.factories import MakeJob
 

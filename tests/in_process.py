@@ -33,12 +33,18 @@ def train_steps(
     global batch 4 in micro batches of 2; the steps' mean token losses."""
     losses = []
     for step in range(steps):
-        micro = micro_batches_for_step(
-            splits.rows["train"], step, seed=spec.hyperparameters.seed,
-            steps_per_epoch=splits.steps_per_epoch, global_batch=4, micro=2, rank=0, world_size=1,
-        )  # fmt: skip
+        micro = step_micro_batches(spec, splits, step, global_batch=4, micro=2)
         host = collate_step(micro, pad, dtype, pin=False)
         loss, tokens, loss_tokens = optimizer_step(engine, host, torch.device("cpu"))
         assert tokens.item() > loss_tokens.item() > 0
         losses.append(loss.item())
     return losses
+
+
+def step_micro_batches(spec: Any, splits: Any, step: int, *, global_batch: int, micro: int) -> Any:
+    """The training split's micro batches of `step` for rank 0 of 1, as the loop draws them."""
+    return micro_batches_for_step(
+        splits.rows["train"], step, seed=spec.hyperparameters.seed,
+        steps_per_epoch=splits.steps_per_epoch, global_batch=global_batch, micro=micro, rank=0,
+        world_size=1,
+    )  # fmt: skip

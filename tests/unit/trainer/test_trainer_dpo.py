@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_trainer import dpo
-from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data import prepare_records
 from finetune_trainer.deepspeed_config import build_deepspeed_config
 from finetune_trainer.engine import build_engine
@@ -19,6 +18,7 @@ from finetune_trainer.prefetch import collate_step
 from finetune_trainer.rows import tokenize_splits
 
 from tests.factories import MakeJob
+from tests.in_process import step_micro_batches
 
 CPU = torch.device("cpu")
 TOPICS = ["rivers", "mountains", "bread", "trains", "music", "gardens", "stars", "boats"]
@@ -75,10 +75,7 @@ def setup(folder: Path, job: MakeJob):
 def train(spec, splits, engine, objective, pad, steps: int) -> list[dict[str, float]]:
     rows = []
     for step in range(steps):
-        micro = micro_batches_for_step(
-            splits.rows["train"], step, seed=spec.hyperparameters.seed,
-            steps_per_epoch=splits.steps_per_epoch, global_batch=8, micro=4, rank=0, world_size=1,
-        )  # fmt: skip
+        micro = step_micro_batches(spec, splits, step, global_batch=8, micro=4)
         host = objective.on_host(collate_step(micro, pad, torch.float32, pin=False))
         loss, stats, tokens, loss_tokens = objective.step(engine, host, CPU)
         assert tokens.item() > loss_tokens.item() > 0

@@ -1,5 +1,6 @@
 """A sweep run locally: 4 trials on Ray Tune with Optuna and ASHA on the tiny model; then
-the same sweep interrupted (Ctrl-C) and resumed without rerunning the trials that settled."""
+the same sweep interrupted (Ctrl-C, or its driver killed) and resumed without rerunning the
+trials that settled."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from finetune_trainer.run import run_command
 
 from tests.factories import MakeJob, write_job
+from tests.marked_processes import MARK_ENV, marked_commands
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -133,3 +136,44 @@ def test_an_interrupted_sweep_resumes_without_rerunning_settled_trials(job_dir):
     # Each settled trial's Train run saved its last checkpoint once, in the first run.
     for trial_id in first:
         assert len(list((out / "checkpoints").glob(f"sweep-{trial_id}/checkpoint_step_*"))) == 1
+
+
+@pytest.mark.timeout(1500)
+def test_a_killed_sweep_driver_resumes_without_rerunning_settled_trials(job_dir):
+    """SIGKILL gives Tune no chance to save its experiment (a lost driver pod, an OOM
+    kill): the next run still finds every trial that settled and trains only the rest."""
+    manifest = sweep_job().spec(sweep={"trials": 3, "scheduler": {"type": "none"}}).obj()
+    job = write_job(job_dir, manifest)
+    out = job_dir / "out"
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {MARK_ENV: mark}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "finetune_operator.cli", "run", str(job)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        while not settled(out) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+        first = settled(out)
+        assert first, "no trial settled"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 60  # the local Ray dies with its driver (reaper)
+        while marked_commands(mark) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not marked_commands(mark), "the killed sweep's Ray processes lived on"
+    finally:
+        for pid in marked_commands(mark):  # only what this test started
+            os.kill(pid, signal.SIGKILL)
+        if driver.poll() is None:
+            driver.kill()
+    histories = {t: (out / "trials" / t / "history.jsonl").read_text() for t in first}
+
+    assert run_command(job, output=None, workers=None) == 0
+    table = json.loads((out / "sweep.json").read_text())
+    assert [t["state"] for t in table["trials"]] == ["done"] * 3
+    ids = {t["id"] for t in table["trials"]}
+    assert set(first) <= ids and len(ids) == 3, (first, ids)
+    for trial_id, history in histories.items():  # not trained again: its rows are as they were
+        assert (out / "trials" / trial_id / "history.jsonl").read_text() == history

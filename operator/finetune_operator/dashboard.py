@@ -206,6 +206,41 @@ def training_row() -> list[Part]:
     return [Row("Training"), loss, throughput, attempts, duration]
 
 
+def sweep_row() -> list[Part]:
+    trials = (
+        bargauge.Panel()
+        .title("Sweep trials")
+        .description(
+            "Trials of each sweep by state: done, running, stopped early by the scheduler "
+            "(ASHA), failed, pending."
+        )
+        .with_target(
+            query(f"finetune_job_sweep_trials{{{JOBS}}}", "{{namespace}}/{{job}} {{state}}")
+        )
+        .display_mode(BarGaugeDisplayMode.BASIC)
+        .orientation(VizOrientation.HORIZONTAL)
+        .reduce_options(LATEST)
+        .unit("short")
+        .decimals(0)
+        .min(0)
+        .span(12)
+        .height(8)
+    )
+    best = (
+        timeseries.Panel()
+        .title("Best trial so far")
+        .description(
+            "Each sweep's best finished trial by its ranking metric (spec.sweep.metric, "
+            "eval_loss unless set)."
+        )
+        .with_target(query(f"finetune_job_sweep_best_metric{{{JOBS}}}", "{{namespace}}/{{job}}"))
+        .unit("short")
+        .span(12)
+        .height(8)
+    )
+    return [Row("Sweeps"), trials, best]
+
+
 def quantile_over_range(quantile: float, name: str, ref: str) -> Dataquery:
     expr = (
         f"histogram_quantile({quantile}, sum by (le, outcome) "
@@ -274,8 +309,10 @@ def build() -> Dashboard:
         .timezone("browser")
         .variables(variables())  # type: ignore[arg-type]
     )
-    # Explicit ids: Grafana links and keeps per-panel state by them.
-    for panel_id, part in enumerate((*jobs_row(), *training_row(), *operator_row()), start=1):
+    # Explicit ids: Grafana links and keeps per-panel state by them, so a new row goes last.
+    for panel_id, part in enumerate(
+        (*jobs_row(), *training_row(), *operator_row(), *sweep_row()), start=1
+    ):
         if isinstance(part, Row):
             dashboard = dashboard.with_row(part.id(panel_id))
         else:

@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from finetune_operator import timeutil
-from finetune_operator.api import FineTuneJobStatus, Phase, Progress
+from finetune_operator.api import FineTuneJobStatus, Phase, Progress, SweepProgress
 from finetune_operator.kube import ApiError
 
 # A fine-tune takes minutes (a smoke test) to days (a large model): 1 minute to 1 week.
@@ -52,7 +52,11 @@ JOB_GAUGES = (
      "whose chosen answer the model prefers.", "reward_accuracy"),
     ("finetune_job_eval_reward_accuracy", "DPO jobs: reward accuracy on the validation pairs, "
      "latest evaluation.", "eval_reward_accuracy"),
+    ("finetune_job_sweep_best_metric", "Sweeps: the best finished trial's value of "
+     "spec.sweep.metric (eval_loss unless set).", "sweep_best_metric"),
 )  # fmt: skip
+# A sweep's trials by state, as status.progress.sweep counts them; pending is the rest.
+SWEEP_STATES = ("done", "running", "stopped", "failed", "pending")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,8 @@ class JobSnapshot:
     attempts: float | None = None
     reward_accuracy: float | None = None
     eval_reward_accuracy: float | None = None
+    sweep_trials: dict[str, int] | None = None  # by SWEEP_STATES; None: not a sweep
+    sweep_best_metric: float | None = None
 
     @classmethod
     def of(cls, status: FineTuneJobStatus) -> JobSnapshot:
@@ -87,7 +93,18 @@ class JobSnapshot:
             attempts=attempts,
             reward_accuracy=progress.reward_accuracy,
             eval_reward_accuracy=progress.eval_reward_accuracy,
+            sweep_trials=None if progress.sweep is None else sweep_trials(progress.sweep),
+            sweep_best_metric=None
+            if progress.sweep is None or progress.sweep.best is None
+            else progress.sweep.best.metric,
         )
+
+
+def sweep_trials(sweep: SweepProgress) -> dict[str, int]:
+    """Trials per state; pending are those not yet started (never below 0)."""
+    counted = {"done": sweep.done, "running": sweep.running, "stopped": sweep.stopped,
+               "failed": sweep.failed}  # fmt: skip
+    return counted | {"pending": max(sweep.trials - sum(counted.values()), 0)}
 
 
 def progress_ratio(progress: Progress) -> float | None:
@@ -129,6 +146,7 @@ class JobCollector(Collector):
             namespaces = sorted(self._namespaces)
         yield phase_counts(jobs, namespaces)
         yield from job_gauges(jobs)
+        yield sweep_trial_counts(jobs)
 
 
 def phase_counts(
@@ -144,6 +162,21 @@ def phase_counts(
     )
     for (namespace, phase), count in sorted(counts.items()):
         family.add_metric([namespace, phase.value], count)
+    return family
+
+
+def sweep_trial_counts(jobs: list[tuple[tuple[str, str], JobSnapshot]]) -> GaugeMetricFamily:
+    """`finetune_job_sweep_trials{namespace,job,state}`: every state of every sweep (0 if
+    none), so that a stacked panel's bands add up to the sweep's trials."""
+    family = GaugeMetricFamily(
+        "finetune_job_sweep_trials",
+        "Sweeps: trials in each state (done, running, stopped by the scheduler, failed, pending).",
+        labels=["namespace", "job", "state"],
+    )
+    for (namespace, job), snapshot in sorted(jobs, key=lambda item: item[0]):
+        if snapshot.sweep_trials is not None:
+            for state in SWEEP_STATES:
+                family.add_metric([namespace, job, state], snapshot.sweep_trials[state])
     return family
 
 

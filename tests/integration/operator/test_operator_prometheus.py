@@ -37,6 +37,9 @@ pytestmark = pytest.mark.integration
 PROGRESS = {
     "step": 120, "totalSteps": 400, "epoch": 0.9, "percent": 30.0, "trainLoss": 1.4213,
     "evalLoss": 1.5172, "tokensPerSecond": 18250.0, "etaSeconds": 7500.0,
+    # A sweep halfway: its panels need data too.
+    "sweep": {"trials": 8, "done": 3, "running": 1, "stopped": 2, "failed": 0,
+              "best": {"id": "a1b2c3d4", "metric": 1.3107}, "display": "5/8 (2 stopped)"},
 }  # fmt: skip
 # Grafana's values for the variables: a multi-value selection is a regex alternation, and
 # `$__rate_interval` is at least four scrape intervals.
@@ -174,6 +177,8 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         'finetune_jobs{namespace="team-b", phase="Pending"}': 1,
         'finetune_jobs{namespace="team-a", phase="Suspended"}': 0,
         'finetune_job_duration_seconds_count{outcome="Succeeded"}': 1,
+        'finetune_job_sweep_trials{namespace="team-a", job="llama-running", state="pending"}': 2,
+        'finetune_job_sweep_best_metric{namespace="team-a", job="llama-running"}': 1.3107,
     }
     await eventually(
         lambda: all(exported(expr) == value for expr, value in checks.items()),

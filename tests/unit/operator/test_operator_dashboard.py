@@ -17,7 +17,7 @@ METRICS = [
     "finetune_jobs", "finetune_job_progress_ratio", "finetune_job_train_loss",
     "finetune_job_eval_loss", "finetune_job_tokens_per_second", "finetune_job_eta_seconds",
     "finetune_job_attempts", "finetune_job_duration_seconds", "finetune_reconcile_duration_seconds",
-    "finetune_reconcile_errors_total",
+    "finetune_reconcile_errors_total", "finetune_job_sweep_trials", "finetune_job_sweep_best_metric",
 ]  # fmt: skip
 PER_JOB = [name for name in METRICS if name.startswith("finetune_job_") and "duration" not in name]
 
@@ -50,7 +50,7 @@ def test_every_metric_has_a_panel(metric: str) -> None:
     [
         "Jobs by phase", "Jobs finished", "Progress", "Time left (ETA)", "Train vs eval loss",
         "Tokens per second", "Attempts and retries", "Job duration (creation to finish)",
-        "Reconcile latency", "Reconcile passes and errors",
+        "Reconcile latency", "Reconcile passes and errors", "Sweep trials", "Best trial so far",
     ],
 )  # fmt: skip
 def test_the_panels_users_asked_for_are_there(title: str) -> None:

@@ -96,6 +96,42 @@ def test_a_value_the_status_no_longer_holds_stops_being_exported() -> None:
     assert job_samples(metrics, "team-a", "llama") == {"finetune_job_attempts": 2}
 
 
+def sweep_samples(metrics: OperatorMetrics, namespace: str, job: str) -> dict[str, float]:
+    """`finetune_job_sweep_trials` of one job: {state: trials}."""
+    return {
+        dict(labels)["state"]: value
+        for (name, labels), value in scrape(metrics).items()
+        if name == "finetune_job_sweep_trials" and dict(labels)["job"] == job
+        and dict(labels)["namespace"] == namespace
+    }  # fmt: skip
+
+
+def test_a_sweep_exports_its_trials_by_state_and_its_best_metric() -> None:
+    metrics = OperatorMetrics()
+    sweep = {"trials": 8, "done": 3, "running": 1, "stopped": 2, "failed": 1,
+             "best": {"id": "a1b2c3d4", "metric": 1.3107}}  # fmt: skip
+    metrics.record_job("team-a", "sweep", status(phase="Running", progress={"sweep": sweep}))
+    # Every state has a series, pending included: a stacked panel adds up to the trials.
+    assert sweep_samples(metrics, "team-a", "sweep") == {
+        "done": 3, "running": 1, "stopped": 2, "failed": 1, "pending": 1,
+    }  # fmt: skip
+    assert job_samples(metrics, "team-a", "sweep")["finetune_job_sweep_best_metric"] == 1.3107
+
+
+def test_a_sweep_before_its_first_finished_trial_has_counts_but_no_best() -> None:
+    metrics = OperatorMetrics()
+    sweep = {"trials": 4, "running": 1}
+    metrics.record_job("team-a", "sweep", status(phase="Running", progress={"sweep": sweep}))
+    assert sweep_samples(metrics, "team-a", "sweep")["pending"] == 3
+    assert "finetune_job_sweep_best_metric" not in job_samples(metrics, "team-a", "sweep")
+
+
+def test_a_job_without_a_sweep_has_no_sweep_series() -> None:
+    metrics = OperatorMetrics()
+    metrics.record_job("team-a", "llama", status(phase="Running", progress=FULL_PROGRESS))
+    assert sweep_samples(metrics, "team-a", "llama") == {}
+
+
 @pytest.mark.parametrize(
     ("jobs", "expected"),
     [

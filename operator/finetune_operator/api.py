@@ -689,6 +689,7 @@ SWEEP_PARAMETERS: dict[str, tuple[str, ...]] = {
     "lora.r": ("method", "lora", "r"),
     "lora.alpha": ("method", "lora", "alpha"),
     "lora.dropout": ("method", "lora", "dropout"),
+    "dpo.beta": ("method", "dpo", "beta"),
 }
 # A choice's values are numbers or strings (lrScheduler); a structural schema cannot say
 # "number or string", so the CRD keeps them untyped and these models check them.
@@ -756,11 +757,20 @@ class SweepScheduler(ApiModel):
     )  # fmt: skip
 
 
+# The model whose field each SWEEP_PARAMETERS entry ends in, by the section holding it.
+_SWEEP_SECTIONS: dict[str, type[ApiModel]] = {
+    "hyperparameters": Hyperparameters,
+    "lora": LoraSpec,
+    "dpo": DpoSpec,
+}
+
+
 class SweepSpec(ApiModel):
     search_space: dict[str, SearchDomain] = Field(
         description="Hyperparameters to search, by name: learningRate, lrScheduler, "
-        "warmupRatio, weightDecay, maxGradNorm, lora.r, lora.alpha, lora.dropout. E.g. "
-        "learningRate: {logUniform: [1e-5, 1e-3]}, lora.r: {choice: [8, 16]}.",
+        "warmupRatio, weightDecay, maxGradNorm, lora.r, lora.alpha, lora.dropout, dpo.beta "
+        "(objective dpo). E.g. learningRate: {logUniform: [1e-5, 1e-3]}, lora.r: "
+        "{choice: [8, 16]}.",
         min_length=1,
         max_length=len(SWEEP_PARAMETERS),
     )
@@ -788,9 +798,7 @@ class SweepSpec(ApiModel):
             if name not in SWEEP_PARAMETERS:
                 known = ", ".join(SWEEP_PARAMETERS)
                 raise ValueError(f"{name}: not a parameter a sweep can search; one of {known}")
-            section = (
-                Hyperparameters if SWEEP_PARAMETERS[name][0] == "hyperparameters" else LoraSpec
-            )
+            section = _SWEEP_SECTIONS[SWEEP_PARAMETERS[name][-2]]
             field = SWEEP_PARAMETERS[name][-1]
             if domain.log_uniform is not None and min(domain.log_uniform) <= 0:
                 raise ValueError(f"{name}: logUniform bounds must be > 0")
@@ -883,6 +891,12 @@ class FineTuneJobSpec(ApiModel):
             f"!{is_set('self.sweep')} || self.method.type != 'full' || "
             "!self.sweep.searchSpace.exists(k, k.startsWith('lora.'))",
             "lora.* parameters need method.type lora or qlora",
+            ".sweep.searchSpace",
+        ),
+        cel(
+            f"!{is_set('self.sweep')} || self.method.objective == 'dpo' || "
+            "!('dpo.beta' in self.sweep.searchSpace)",
+            "dpo.beta applies to method.objective dpo",
             ".sweep.searchSpace",
         ),
     )

@@ -18,6 +18,7 @@ from finetune_trainer.run import run_command
 
 from tests.factories import MakeJob, write_job
 from tests.marked_processes import MARK_ENV, marked_commands
+from tests.unit.trainer.test_trainer_dpo import separable_preferences
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -177,3 +178,43 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_settled_trials(job_dir)
     assert set(first) <= ids and len(ids) == 3, (first, ids)
     for trial_id, history in histories.items():  # not trained again: its rows are as they were
         assert (out / "trials" / trial_id / "history.jsonl").read_text() == history
+
+
+@pytest.mark.timeout(1500)
+def test_a_dpo_sweep_searches_beta_and_publishes_the_best_trial(local_ray, job_dir):
+    lines = [json.dumps(record) for record in separable_preferences(80)]
+    (job_dir / "prefs.jsonl").write_text("\n".join(lines) + "\n")
+    sweep = {"searchSpace": {"dpo.beta": {"choice": [0.05, 0.5]}}, "trials": 2,
+             "scheduler": {"type": "none"}, "seed": 0}  # fmt: skip  # seed 0 draws both
+    manifest = (
+        MakeJob.trainer("dpo-sweep")
+        .train("prefs.jsonl", fmt="preference")
+        .spec(
+            method={"objective": "dpo"},
+            hyperparameters={"maxSteps": 4, "learningRate": 1e-2},
+            evaluation={"everySteps": 2, "metrics": ["loss"]},
+            resources={"workers": 1},
+            checkpointing={"everySteps": 4, "keep": 1},
+            sweep=sweep,
+        )
+        .obj()
+    )
+    job = write_job(job_dir, manifest)
+    assert run_command(job, output=None, workers=None) == 0
+    out = job_dir / "out"
+    table = json.loads((out / "sweep.json").read_text())
+    assert [t["state"] for t in table["trials"]] == ["done", "done"]
+    betas = sorted(t["hyperparameters"]["dpo.beta"] for t in table["trials"])
+    assert betas == [0.05, 0.5]
+    # Each trial trained with its own beta: DPO's rewards are beta x the log-ratios, and
+    # Adam moves the log-ratios about as far under either beta, so after a few steps the
+    # larger beta shows the larger reward margin (at step 1 both are 0: policy = reference).
+    margins = {}
+    for trial in table["trials"]:
+        rows = [json.loads(x) for x in (out / trial["history"]).read_text().splitlines()]
+        last = max((r for r in rows if "reward_margin" in r), key=lambda r: r["step"])
+        margins[trial["hyperparameters"]["dpo.beta"]] = last["reward_margin"]
+    assert margins[0.5] > 2 * margins[0.05] > 0, margins
+    best = min(table["trials"], key=lambda t: t["eval_loss"])
+    assert table["best"] == best["id"]
+    assert (out / "adapter" / "adapter_model.safetensors").exists()

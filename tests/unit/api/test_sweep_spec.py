@@ -44,6 +44,7 @@ CASES = [
     ({"searchSpace": SPACE, "mode": "lowest"}, "spec.sweep.mode", "'min' or 'max'"),
     ({"searchSpace": SPACE, "scheduler": {"type": "hyperband"}}, "spec.sweep.scheduler.type", "'asha' or 'none'"),
     ({"searchSpace": SPACE, "scheduler": {"reductionFactor": 1}}, "spec.sweep.scheduler.reductionFactor", "greater than 1"),
+    ({"searchSpace": {"dpo.beta": {"choice": [0.1, 0]}}}, "spec.sweep.searchSpace", "dpo.beta: 0: Input should be greater than 0"),
 ]  # fmt: skip
 
 
@@ -63,3 +64,14 @@ def test_lora_parameters_need_a_lora_method(tmp_path):
     lines = problems(tmp_path, {"searchSpace": SPACE}, method={"type": "full"})
     assert any(": spec.sweep.searchSpace: " in line and "lora or qlora" in line
                for line in lines), lines  # fmt: skip
+
+
+def test_dpo_beta_is_searched_only_for_a_dpo_objective(tmp_path):
+    beta = {"dpo.beta": {"logUniform": [0.01, 0.5]}}
+    lines = problems(tmp_path, {"searchSpace": beta})
+    assert any(": spec.sweep.searchSpace: " in line and "objective dpo" in line
+               for line in lines), lines  # fmt: skip
+    preference = {"train": {"source": "pairs.jsonl", "format": "preference"},
+                  "validationSplit": 0.1}  # fmt: skip
+    dpo = {"objective": "dpo", "type": "lora"}
+    assert problems(tmp_path, {"searchSpace": beta}, method=dpo, dataset=preference) == []

@@ -38,6 +38,18 @@ def test_a_trial_s_values_land_in_their_fields_and_nothing_else_moves():
     assert trial.dataset == base.dataset and trial.output == base.output
 
 
+def test_a_dpo_trial_s_beta_is_the_one_its_objective_trains_with():
+    preference = {"train": {"source": "pairs.jsonl", "format": "preference"},
+                  "validationSplit": 0.1}  # fmt: skip
+    sweep = {"searchSpace": {"dpo.beta": {"logUniform": [0.01, 0.5]}}, "trials": 2}
+    job = MakeJob().spec(method={"objective": "dpo"}, dataset=preference, sweep=sweep).obj()
+    base = api.FineTuneJob.model_validate(job).spec
+    trial = apply_trial(base, {"dpo.beta": 0.3})
+    assert trial.method.dpo.beta == 0.3
+    assert trial.method.dpo.loss_type == base.method.dpo.loss_type
+    assert trial.method.objective == "dpo" and trial.method.lora == base.method.lora
+
+
 def test_a_value_outside_its_field_s_range_is_refused():
     with pytest.raises(ValueError, match="lora"):
         apply_trial(spec(), {"lora.r": 0})

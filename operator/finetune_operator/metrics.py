@@ -167,7 +167,7 @@ def phase_counts(
 
 def sweep_trial_counts(jobs: list[tuple[tuple[str, str], JobSnapshot]]) -> GaugeMetricFamily:
     """`finetune_job_sweep_trials{namespace,job,state}`: every state of every sweep (0 if
-    none), so that a stacked panel's bands add up to the sweep's trials."""
+    none), so that a sweep's series add up to its trials."""
     family = GaugeMetricFamily(
         "finetune_job_sweep_trials",
         "Sweeps: trials in each state (done, running, stopped by the scheduler, failed, pending).",

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from finetune_operator import api
 
-from finetune_trainer import artifacts, checkpoints, dpo, evaluate, retention, tracker
+from finetune_trainer import artifacts, checkpoints, dpo, evaluate, retention, stopping
 from finetune_trainer.batches import micro_batches_for_step
 from finetune_trainer.data.packing import Row
 from finetune_trainer.deepspeed_config import (
@@ -62,7 +62,7 @@ class WorkerSetup:
     # A sweep's trial under a scheduler: the metric it ranks by. Rank 0 then waits at each
     # evaluation for the scheduler's answer, so a trial stopped at a rung never trains past
     # it (an answer that arrived a few steps late let a quick trial run to the end).
-    decision_metric: str | None = None
+    scheduler_metric: str | None = None
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -333,28 +333,11 @@ class Worker:
         hook = self.config.stop_at_step
         if hook is not None and self.state.step >= hook:
             return True  # every rank knows the hook: no need to agree on it
-        asked = self.reporter is not None and (
-            self._await_decision(row) or self.reporter.stop_requested.is_set()
-        )
-        return self._agree(asked)
-
-    def _await_decision(self, row: PendingRow) -> bool:
-        """Rank 0 of a sweep's trial: True when its scheduler stops the trial at this row."""
-        step, metric = self.state.step, self.config.decision_metric
-        if self.reporter is None or not tracker.awaits_decision(
-            step, row.values, metric, self.config.total_steps
-        ):
-            return False
-        self.reporter.flush()  # the trial's driver must see the row to report it
-        return tracker.await_decision(self.config.tracker, step)
-
-    def _agree(self, flag: bool) -> bool:
-        """Rank 0's flag on every rank (a host-side broadcast, no device sync)."""
-        if self.world == 1:
-            return flag
-        value = torch.tensor([float(flag)])
-        dist.broadcast(value, src=0, group=self.control_group)
-        return bool(value.item())
+        asked = self.reporter is not None and stopping.rank0_asks_to_stop(
+            self.reporter, row, step=self.state.step, metric=self.config.scheduler_metric,
+            total_steps=self.config.total_steps, progress=self.config.tracker,
+        )  # fmt: skip
+        return stopping.agree(asked, self.world, self.control_group)
 
     def checkpoint_due(self, stop: bool) -> bool:
         """On the cadence, when stopping, and at each new best validation loss under early

@@ -98,9 +98,9 @@ def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) ->
             return [c for c in callbacks if type(c).__name__ not in unused]
 
         def _initialize_and_run_controller(self, **controller: Any) -> Any:
-            # Another private hook: should it go, the coordinator simply starts again.
-            if local:
-                controller["scaling_policy"] = fixed_without_autoscaler(self.scaling_config)
+            # Another private hook; if Ray renames it or its argument, nothing is replaced.
+            if local and "scaling_policy" in controller:
+                controller["scaling_policy"] = without_autoscaler(controller["scaling_policy"])
             return super()._initialize_and_run_controller(**controller)  # type: ignore[misc]
 
     spec = setup.spec
@@ -125,12 +125,18 @@ def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) ->
     return trainer.fit()
 
 
-def fixed_without_autoscaler(scaling_config: Any) -> Any:
+def without_autoscaler(policy: Any) -> Any:
     """Ray Train's fixed-size scaling policy, less its requests to the autoscaling
     coordinator. On a cluster those tell an autoscaler what the workers need; a local
-    instance has none, and the coordinator is one more actor (a process, about 1 s on a
-    start-up's critical path) that outlives the run."""
-    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+    instance has none, and the coordinator is one more actor (a process, about 0.8 s on a
+    start-up's critical path) that outlives the run. Any other policy, or a Ray whose
+    private module moved, keeps Ray's own."""
+    try:
+        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+    except ImportError:
+        return policy
+    if type(policy) is not FixedScalingPolicy:
+        return policy
 
     class FixedWithoutAutoscaler(FixedScalingPolicy):
         def after_controller_start(self, train_run_context: Any) -> None:
@@ -139,4 +145,4 @@ def fixed_without_autoscaler(scaling_config: Any) -> Any:
         def _maybe_send_resource_request(self) -> None:
             pass
 
-    return FixedWithoutAutoscaler(scaling_config=scaling_config)
+    return FixedWithoutAutoscaler(scaling_config=policy.scaling_config)

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-DECISION_POLL_SECONDS = 0.02
+ANSWER_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ProgressTracker:
         self.attempts = 0
         self.last_checkpoint: int | None = None
         self.final_metrics: dict[str, Any] | None = None
-        self.decided_step = 0  # a sweep's trial: the latest step its scheduler answered
+        self.answered_step = 0  # a sweep's trial: the latest step its scheduler answered
 
     def started(self, step: int) -> None:
         """Called by rank 0 at every (re)start; after a worker failure Ray Train restarts the
@@ -71,16 +71,16 @@ class ProgressTracker:
     def request_stop(self) -> None:
         self.stop = True
 
-    def decided(self, step: int) -> None:
+    def answered(self, step: int) -> None:
         """A sweep's trial: the scheduler has answered the evaluation at `step` (a stop
         it asked for came before this, through request_stop)."""
-        self.decided_step = max(self.decided_step, step)
+        self.answered_step = max(self.answered_step, step)
 
-    def decision(self, step: int) -> bool | None:
+    def answer_for(self, step: int) -> bool | None:
         """True: stop; False: go on past `step`; None: the scheduler has not answered yet."""
         if self.stop:
             return True
-        return False if self.decided_step >= step else None
+        return False if self.answered_step >= step else None
 
     def poll(self) -> TrackerState:
         """Rows not yet handed out, and the run's state."""
@@ -103,17 +103,17 @@ def start_tracker(stop_at_step: int | None) -> Any:
     return ray.remote(num_cpus=0)(ProgressTracker).remote(stop_at_step)
 
 
-def awaits_decision(step: int, keys: Any, metric: str | None, total_steps: int) -> bool:
+def is_ranked_evaluation(step: int, keys: Any, metric: str | None, total_steps: int) -> bool:
     """Whether a trial's row at `step` goes to its scheduler, which may stop the trial there:
     an evaluation carrying the sweep's metric, between the shared base model (step 0) and
     the last step (reported once the weights are saved). `metric` None: no scheduler."""
     return metric is not None and metric in keys and 0 < step < total_steps
 
 
-def await_decision(progress: Any, step: int) -> bool:
+def wait_for_answer(progress: Any, step: int) -> bool:
     """Wait until the scheduler has answered the evaluation at `step`; True: stop there."""
     import ray
 
-    while (answer := ray.get(progress.decision.remote(step))) is None:
-        time.sleep(DECISION_POLL_SECONDS)
+    while (answer := ray.get(progress.answer_for.remote(step))) is None:
+        time.sleep(ANSWER_POLL_SECONDS)
     return bool(answer)

@@ -139,45 +139,65 @@ def test_an_interrupted_sweep_resumes_without_rerunning_settled_trials(job_dir):
         assert len(list((out / "checkpoints").glob(f"sweep-{trial_id}/checkpoint_step_*"))) == 1
 
 
+def trial_files(out: Path, trial_id: str) -> dict[str, float]:
+    """A trial's files (marks, metrics, weights, history) by path, with their mtimes."""
+    folder = out / "trials" / trial_id
+    return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+# (the sweep's scheduler and trials, the mark to kill at): a trial that finished, and one
+# that ASHA stopped, each killed the moment its mark appears (before Tune saved its state).
+KILLED_AT = [
+    ({"trials": 3, "scheduler": {"type": "none"}}, "metrics.json"),
+    ({}, "stopped_early"),
+]
+
+
 @pytest.mark.timeout(1500)
-def test_a_killed_sweep_driver_resumes_without_rerunning_settled_trials(job_dir):
+@pytest.mark.parametrize(("sweep", "mark"), KILLED_AT, ids=["finished", "stopped"])
+def test_a_killed_sweep_driver_resumes_without_rerunning_settled_trials(job_dir, sweep, mark):
     """SIGKILL gives Tune no chance to save its experiment (a lost driver pod, an OOM
     kill): the next run still finds every trial that settled and trains only the rest."""
-    manifest = sweep_job().spec(sweep={"trials": 3, "scheduler": {"type": "none"}}).obj()
+    manifest = sweep_job().spec(sweep=SWEEP | sweep).obj()
+    trials = manifest["spec"]["sweep"]["trials"]
     job = write_job(job_dir, manifest)
     out = job_dir / "out"
-    mark = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {MARK_ENV: mark}
+    marked = lambda: sorted(path.parent.name for path in out.glob(f"trials/*/{mark}"))  # noqa: E731
+    run_mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {MARK_ENV: run_mark}
     driver = subprocess.Popen(
         [sys.executable, "-m", "finetune_operator.cli", "run", str(job)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 900
-        while not settled(out) and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.5)
-        first = settled(out)
-        assert first, "no trial settled"
+        while not marked() and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert marked(), f"no trial's {mark} appeared"
+        assert driver.poll() is None, "the sweep ended before it could be killed"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         deadline = time.monotonic() + 60  # the local Ray dies with its driver (reaper)
-        while marked_commands(mark) and time.monotonic() < deadline:
+        while marked_commands(run_mark) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not marked_commands(mark), "the killed sweep's Ray processes lived on"
+        assert not marked_commands(run_mark), "the killed sweep's Ray processes lived on"
     finally:
-        for pid in marked_commands(mark):  # only what this test started
+        for pid in marked_commands(run_mark):  # only what this test started
             os.kill(pid, signal.SIGKILL)
         if driver.poll() is None:
             driver.kill()
-    histories = {t: (out / "trials" / t / "history.jsonl").read_text() for t in first}
+    first = settled(out)
+    before = {trial: trial_files(out, trial) for trial in first}
 
     assert run_command(job, output=None, workers=None) == 0
     table = json.loads((out / "sweep.json").read_text())
-    assert [t["state"] for t in table["trials"]] == ["done"] * 3
-    ids = {t["id"] for t in table["trials"]}
-    assert set(first) <= ids and len(ids) == 3, (first, ids)
-    for trial_id, history in histories.items():  # not trained again: its rows are as they were
-        assert (out / "trials" / trial_id / "history.jsonl").read_text() == history
+    states = {t["id"]: t["state"] for t in table["trials"]}
+    assert len(states) == trials and set(first) <= set(states), (first, states)
+    assert set(states.values()) <= {"done", "stopped"}, states
+    for trial_id in first:  # as it was: no weights, metrics or rows written again
+        assert trial_files(out, trial_id) == before[trial_id], trial_id
+    for trial_id in marked():
+        assert states[trial_id] == ("stopped" if mark == "stopped_early" else "done")
 
 
 @pytest.mark.timeout(1500)
@@ -205,7 +225,7 @@ def test_a_dpo_sweep_searches_beta_and_publishes_the_best_trial(local_ray, job_d
     table = json.loads((out / "sweep.json").read_text())
     assert [t["state"] for t in table["trials"]] == ["done", "done"]
     betas = sorted(t["hyperparameters"]["dpo.beta"] for t in table["trials"])
-    assert betas == [0.05, 0.5]
+    assert betas == [0.05, 0.5], "Optuna drew one beta twice: pick a seed that draws both"
     # Each trial trained with its own beta: DPO's rewards are beta x the log-ratios, and
     # Adam moves the log-ratios about as far under either beta, so after a few steps the
     # larger beta shows the larger reward margin (at step 1 both are 0: policy = reference).

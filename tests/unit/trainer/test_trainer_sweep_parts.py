@@ -9,7 +9,7 @@ from finetune_operator import api
 from finetune_trainer.sweep.space import apply_trial, tune_space
 from finetune_trainer.sweep.tally import TrialRecord, best_trial, state_of, tally
 from finetune_trainer.sweep.trial import STOPPED_MARK, TRIAL_METRICS
-from finetune_trainer.tracker import ProgressTracker, awaits_decision
+from finetune_trainer.tracker import ProgressTracker, TrackerState, is_ranked_evaluation
 
 from tests.factories import MakeJob
 
@@ -121,19 +121,65 @@ def test_the_sweep_reaches_the_job_s_status_through_the_progress_contract():
 
 def test_a_trial_waits_only_at_evaluations_its_scheduler_ranks():
     evaluation = {"loss": 5.0, "eval_loss": 4.0}
-    assert awaits_decision(2, evaluation, "eval_loss", total_steps=8)
-    assert not awaits_decision(2, {"loss": 5.0}, "eval_loss", total_steps=8)  # no evaluation
-    assert not awaits_decision(0, evaluation, "eval_loss", total_steps=8)  # the base model
-    assert not awaits_decision(8, evaluation, "eval_loss", total_steps=8)  # the final report
-    assert not awaits_decision(2, evaluation, None, total_steps=8)  # no scheduler
+    assert is_ranked_evaluation(2, evaluation, "eval_loss", total_steps=8)
+    assert not is_ranked_evaluation(2, {"loss": 5.0}, "eval_loss", total_steps=8)  # no evaluation
+    assert not is_ranked_evaluation(0, evaluation, "eval_loss", total_steps=8)  # the base model
+    assert not is_ranked_evaluation(8, evaluation, "eval_loss", total_steps=8)  # the final report
+    assert not is_ranked_evaluation(2, evaluation, None, total_steps=8)  # no scheduler
 
 
 def test_the_tracker_answers_a_waiting_rank_once_the_scheduler_has():
     progress = ProgressTracker()
-    assert progress.decision(2) is None  # not answered yet: rank 0 keeps waiting
-    progress.decided(2)
-    assert progress.decision(2) is False
-    assert progress.decision(4) is None
+    assert progress.answer_for(2) is None  # not answered yet: rank 0 keeps waiting
+    progress.answered(2)
+    assert progress.answer_for(2) is False
+    assert progress.answer_for(4) is None
     progress.request_stop()  # the scheduler stops the trial at its next rung
-    progress.decided(4)
-    assert progress.decision(4) is True
+    progress.answered(4)
+    assert progress.answer_for(4) is True
+
+
+class _Method:
+    """An actor method as the follower calls it (`.remote(...)`), noting each call."""
+
+    def __init__(self, calls: list[tuple], name: str, result: object = None) -> None:
+        self.calls, self.name, self.result = calls, name, result
+
+    def remote(self, *args: object) -> object:
+        self.calls.append((self.name, *args))
+        return self.result
+
+
+def follow(tmp_path, monkeypatch, rows: list[dict]) -> list[tuple]:
+    """One poll of a trial's follower whose attempt resumed at step 4 (history holds rows
+    1-4) and whose tracker hands it `rows`: the calls to the tracker and to Tune, in order."""
+    import json
+
+    import ray
+    import ray.tune
+    from finetune_trainer.sweep.trial import _TrialFollower
+
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps({"step": s, "loss": 6.0}) + "\n" for s in range(1, 5)))
+    calls: list[tuple] = []
+    state = TrackerState(rows=rows, start_step=0, resumed_at=4, attempts=1, last_checkpoint=4,
+                         final_metrics=None, stopping=False)  # fmt: skip
+    progress = type("Tracker", (), {})()
+    progress.poll, progress.answered = _Method(calls, "poll", state), _Method(calls, "answered")
+    monkeypatch.setattr(ray, "get", lambda value: value)
+    monkeypatch.setattr(ray.tune, "report", lambda result: calls.append(("report", result["step"])))
+    sweep = api.SweepSpec.model_validate({"searchSpace": {"learningRate": {"choice": [1e-3]}}})
+    _TrialFollower(progress, history, sweep, total_steps=8).poll()
+    return calls
+
+
+def test_a_trial_s_new_evaluation_goes_to_tune_before_rank_0_is_answered(tmp_path, monkeypatch):
+    calls = follow(tmp_path, monkeypatch, [{"step": 5, "loss": 5.0},
+                                           {"step": 6, "loss": 4.5, "eval_loss": 4.0}])  # fmt: skip
+    assert calls == [("poll",), ("report", 6), ("answered", 6)]
+
+
+def test_rows_history_already_holds_answer_rank_0_without_tune(tmp_path, monkeypatch):
+    # A resumed attempt sends its checkpoint's rows again; rank 0 waits at step 4's evaluation.
+    calls = follow(tmp_path, monkeypatch, [{"step": 4, "loss": 6.0, "eval_loss": 5.0}])
+    assert calls == [("poll",), ("answered", 4)]

@@ -84,7 +84,10 @@ class StoppingRecorder(ASHAScheduler):
             return decision
         folder = self.trials_dir / trial.trial_id
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / STOPPED_MARK).write_text(f"stopped at step {result.get('step')}\n")
+        mark = folder / STOPPED_MARK
+        if mark.exists():  # a resumed sweep's stopped trial, reporting where it stopped
+            return decision
+        mark.write_text(f"stopped at step {result.get('step')}\n")
         import ray
 
         try:

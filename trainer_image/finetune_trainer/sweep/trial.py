@@ -20,7 +20,7 @@ from typing import Any
 from finetune_operator import api
 
 from finetune_trainer import layout, ray_train, tracker
-from finetune_trainer.history import HISTORY, HistoryLog
+from finetune_trainer.history import HISTORY, HistoryLog, read_history
 from finetune_trainer.sweep.space import apply_trial
 
 TRIALS_DIR = "trials"  # the output's folder of per-trial outputs (history, adapter)
@@ -60,6 +60,16 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
     spec = apply_trial(shared.spec, config)
     out = shared.trial_dir(trial_id)
     out.mkdir(parents=True, exist_ok=True)
+    # Tune saves its experiment every 10 s or so, so a driver killed outright (SIGKILL, a
+    # lost pod) leaves trials that settled since then marked unfinished, and Tune starts
+    # them again. Their marks say how they ended: they are not trained again.
+    if (out / STOPPED_MARK).exists():
+        _report_last_evaluation(out / HISTORY, spec.sweep, shared.total_steps)
+        return
+    if (out / TRIAL_METRICS).exists():
+        finished = json.loads((out / TRIAL_METRICS).read_text())
+        _report_finished(finished, spec.sweep, shared.total_steps, last_metric=None)
+        return
     # Named, so that the scheduler can ask this trial's workers to stop (see tally).
     progress = (
         ray.remote(num_cpus=0)(tracker.ProgressTracker)
@@ -74,7 +84,7 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
         data=shared.data,
         tracker=progress,
         output_dir=out,
-        decision_metric=_metric_name(spec.sweep) if _scheduled(spec.sweep) else None,
+        scheduler_metric=_metric_name(spec.sweep) if _scheduled(spec.sweep) else None,
     )
     name = f"{shared.run_name}-{trial_id}"
     fitting = _Background(
@@ -94,15 +104,32 @@ def run_trial(config: dict[str, Any], shared: TrialShared) -> None:
     final = state.final_metrics
     # The trial's own record that it finished: a resumed sweep and sweep.json read it.
     (out / TRIAL_METRICS).write_text(json.dumps(final, indent=2) + "\n")
-    metric = _metric_name(spec.sweep)
+    _report_finished(final, spec.sweep, shared.total_steps, follower.last_metric)
+
+
+def _report_last_evaluation(history: Path, sweep: api.SweepSpec | None, total_steps: int) -> None:
+    """A stopped trial's last ranked evaluation once more: Tune wants the metric in every
+    trial's results, this run's included."""
+    import ray.tune
+
+    metric = _metric_name(sweep)
+    ranked = [row for row in read_history(history)
+              if tracker.is_ranked_evaluation(row["step"], row, metric, total_steps)]  # fmt: skip
+    if ranked:
+        ray.tune.report({"step": ranked[-1]["step"], metric: ranked[-1][metric]})
+
+
+def _report_finished(
+    final: dict[str, Any], sweep: api.SweepSpec | None, total_steps: int,
+    last_metric: float | None,
+) -> None:  # fmt: skip
+    """Tune's last result of a trial that trained to the end (a scheduler leaves it be)."""
+    import ray.tune
+
+    metric = _metric_name(sweep)
     numbers = {k: v for k, v in final.items() if isinstance(v, (int, float))}
     ray.tune.report(
-        numbers
-        | {
-            "step": shared.total_steps,
-            FINISHED: True,
-            metric: final.get(metric, follower.last_metric),
-        }
+        numbers | {"step": total_steps, FINISHED: True, metric: final.get(metric, last_metric)}
     )
 
 
@@ -129,7 +156,7 @@ class _TrialFollower:
             # Step 0 is the base model every trial shares; the last step's result goes in
             # the final report, once the weights are saved (a scheduler may stop a trial
             # at any report, and a finished trial must not be taken for a stopped one).
-            if tracker.awaits_decision(row["step"], row, self.metric, self.total_steps):
+            if tracker.is_ranked_evaluation(row["step"], row, self.metric, self.total_steps):
                 self.last_metric = row[self.metric]
                 # Returns once the scheduler has answered (Tune's function API reports
                 # synchronously); a stop it asked for is in the tracker before this.
@@ -138,7 +165,7 @@ class _TrialFollower:
             # Rank 0 waits at each evaluation until this: after the answers to the rows
             # reported above, and at once for rows history already held (a resumed attempt
             # sends its checkpoint's again), so that no row leaves it waiting for good.
-            ray.get(self.tracker.decided.remote(max(row["step"] for row in state.rows)))
+            ray.get(self.tracker.answered.remote(max(row["step"] for row in state.rows)))
         return state
 
 

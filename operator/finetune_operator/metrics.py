@@ -102,8 +102,7 @@ class JobSnapshot:
 
 def sweep_trials(sweep: SweepProgress) -> dict[str, int]:
     """Trials per state; pending are those not yet started (never below 0)."""
-    counted = {"done": sweep.done, "running": sweep.running, "stopped": sweep.stopped,
-               "failed": sweep.failed}  # fmt: skip
+    counted = {state: getattr(sweep, state) for state in SWEEP_STATES if state != "pending"}
     return counted | {"pending": max(sweep.trials - sum(counted.values()), 0)}
 
 

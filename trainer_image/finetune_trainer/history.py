@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from finetune_trainer.tracker import TrackerState
 
 HISTORY = "history.jsonl"
 
@@ -39,6 +42,17 @@ class HistoryLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last_step = -1
+        self.attempts_seen = 0
+
+    def take(self, state: TrackerState) -> list[dict[str, Any]]:
+        """One poll of the tracker: a new attempt first cuts history back to where it
+        resumed (from step 0, a first or --fresh run, that includes the baseline evaluation
+        at step 0, trained again); then the rows past the last step are written and
+        returned."""
+        if state.resumed_at is not None and state.attempts > self.attempts_seen:
+            self.attempts_seen = state.attempts
+            self.resumed(state.resumed_at or -1)
+        return self.append(state.rows)
 
     def resumed(self, at_step: int) -> None:
         """An attempt starts at `at_step`: the rows past it are trained again."""

@@ -87,9 +87,8 @@ def fit(setup: WorkerSetup, *, layout: WorkerLayout, name: str, storage: str) ->
     from finetune_trainer import cluster
     from finetune_trainer.loop import train_worker
 
-    unused = UNUSED_CALLBACKS if cluster.in_cluster() else UNUSED_LOCAL_CALLBACKS
-
     local = not cluster.in_cluster()
+    unused = UNUSED_LOCAL_CALLBACKS if local else UNUSED_CALLBACKS
 
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self) -> list[Any]:

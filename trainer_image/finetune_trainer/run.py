@@ -368,21 +368,16 @@ class _HistoryFollower:
         self.view, self.board = view, board
         self.history = HistoryLog(plan.out.local_dir / HISTORY)
         self.started_view = False
-        self.attempts_seen = 0
 
     def poll(self) -> TrackerState:
         import ray
 
         state: TrackerState = ray.get(self.tracker.poll.remote())
-        if state.resumed_at is not None and state.attempts > self.attempts_seen:
-            self.attempts_seen = state.attempts
-            # Steps after the checkpoint an attempt resumes from are trained again; from step
-            # 0 (a first or --fresh run) that includes the baseline evaluation at step 0.
-            self.history.resumed(state.resumed_at or -1)
+        rows = self.history.take(state)
         if state.start_step is not None and not self.started_view:
             self.started_view = True
             self.view.start(state.start_step, self.total_steps)
-        for row in self.history.append(state.rows):
+        for row in rows:
             self.view.update(row, self.total_steps)
             self.board.update(row, self.total_steps)
         if state.last_checkpoint is not None:

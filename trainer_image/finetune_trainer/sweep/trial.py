@@ -141,7 +141,6 @@ class _TrialFollower:
     ) -> None:
         self.tracker, self.log, self.metric = progress, HistoryLog(history), _metric_name(sweep)
         self.total_steps = total_steps
-        self.attempts_seen = 0
         self.last_metric: float | None = None
 
     def poll(self) -> tracker.TrackerState:
@@ -149,10 +148,7 @@ class _TrialFollower:
         import ray.tune
 
         state: tracker.TrackerState = ray.get(self.tracker.poll.remote())
-        if state.resumed_at is not None and state.attempts > self.attempts_seen:
-            self.attempts_seen = state.attempts
-            self.log.resumed(state.resumed_at or -1)
-        for row in self.log.append(state.rows):
+        for row in self.log.take(state):
             # Step 0 is the base model every trial shares; the last step's result goes in
             # the final report, once the weights are saved (a scheduler may stop a trial
             # at any report, and a finished trial must not be taken for a stopped one).
